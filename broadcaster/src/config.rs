@@ -1,0 +1,225 @@
+//! `BROADCASTER_*` environment variables: read raw with `envy`, then validated into [`Config`].
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use common::env::{self, EnvError};
+use serde::Deserialize;
+
+use crate::target::Target;
+
+/// Default port.
+pub const DEFAULT_HTTP_PORT: u16 = 8080;
+/// Default chunk size: with the queue depth it bounds memory per upload.
+pub const DEFAULT_BUFFER_SIZE: usize = 64 * 1024;
+/// Default chunks queued per target. Chunks are shared, so this bounds memory once, not per target.
+pub const DEFAULT_QUEUE_DEPTH: usize = 16;
+/// A target whose queue stays full this long is detached.
+pub const DEFAULT_STALL_TIMEOUT_MS: u64 = 10_000;
+/// TCP connect timeout to a target.
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 3_000;
+/// After the body ended, how long a target may take to fsync and report its staged copy, or to commit.
+pub const DEFAULT_STAGE_TIMEOUT_MS: u64 = 120_000;
+/// How long in-flight uploads may run after SIGTERM.
+pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 30;
+
+/// Validated broadcaster configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to bind.
+    pub http_host: IpAddr,
+    /// Port to bind; 0 picks a free one.
+    pub http_port: u16,
+    /// Where uploads go.
+    pub targets: Vec<Target>,
+    /// Chunk size in bytes.
+    pub buffer_size: usize,
+    /// Chunks queued per target.
+    pub queue_depth: usize,
+    /// A target that accepts no chunk for this long is detached.
+    pub stall_timeout: Duration,
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Time a target may take to report its staged copy after the body ended, and to commit.
+    pub stage_timeout: Duration,
+    /// Targets that must commit for an upload to succeed.
+    pub min_success: usize,
+    /// Largest accepted upload; `None` means no limit.
+    pub max_upload_bytes: Option<u64>,
+    /// Grace period on shutdown.
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawConfig {
+    http_host: Option<String>,
+    http_port: Option<String>,
+    host_list: Option<String>,
+    buffer_size: Option<String>,
+    queue_depth: Option<String>,
+    stall_timeout_ms: Option<String>,
+    connect_timeout_ms: Option<String>,
+    stage_timeout_ms: Option<String>,
+    min_success: Option<String>,
+    max_upload_bytes: Option<String>,
+    shutdown_grace_secs: Option<String>,
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, EnvError> {
+        Self::from_iter(std::env::vars())
+    }
+
+    /// Reads configuration from `(name, value)` pairs, as if they were the environment.
+    pub fn from_iter<I: IntoIterator<Item = (String, String)>>(vars: I) -> Result<Self, EnvError> {
+        let raw: RawConfig = envy::prefixed("BROADCASTER_").from_iter(vars)?;
+        Self::try_from(raw)
+    }
+}
+
+fn millis(var: &str, raw: Option<&str>, default: u64) -> Result<Duration, EnvError> {
+    Ok(Duration::from_millis(env::number(
+        var, raw, default, 1, 86_400_000,
+    )?))
+}
+
+impl TryFrom<RawConfig> for Config {
+    type Error = EnvError;
+
+    fn try_from(raw: RawConfig) -> Result<Self, EnvError> {
+        let targets =
+            Target::parse_list(raw.host_list.as_deref().unwrap_or_default()).map_err(|e| {
+                EnvError::invalid(
+                    "BROADCASTER_HOST_LIST",
+                    raw.host_list.as_deref().unwrap_or(""),
+                    e,
+                )
+            })?;
+        let n = targets.len();
+        let min_success = match raw
+            .min_success
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            None => n,
+            Some(s) if n == 0 => {
+                return Err(EnvError::invalid(
+                    "BROADCASTER_MIN_SUCCESS",
+                    s,
+                    "BROADCASTER_HOST_LIST names no targets",
+                ))
+            }
+            Some(s) => env::number("BROADCASTER_MIN_SUCCESS", Some(s), n, 1, n)?,
+        };
+        let max: u64 = env::number(
+            "BROADCASTER_MAX_UPLOAD_BYTES",
+            raw.max_upload_bytes.as_deref(),
+            0,
+            0,
+            u64::MAX,
+        )?;
+        Ok(Self {
+            http_host: env::ip(
+                "BROADCASTER_HTTP_HOST",
+                raw.http_host.as_deref(),
+                Ipv4Addr::UNSPECIFIED.into(),
+            )?,
+            http_port: env::number(
+                "BROADCASTER_HTTP_PORT",
+                raw.http_port.as_deref(),
+                DEFAULT_HTTP_PORT,
+                0,
+                u16::MAX,
+            )?,
+            targets,
+            buffer_size: env::number(
+                "BROADCASTER_BUFFER_SIZE",
+                raw.buffer_size.as_deref(),
+                DEFAULT_BUFFER_SIZE,
+                1024,
+                16 << 20,
+            )?,
+            queue_depth: env::number(
+                "BROADCASTER_QUEUE_DEPTH",
+                raw.queue_depth.as_deref(),
+                DEFAULT_QUEUE_DEPTH,
+                1,
+                1024,
+            )?,
+            stall_timeout: millis(
+                "BROADCASTER_STALL_TIMEOUT_MS",
+                raw.stall_timeout_ms.as_deref(),
+                DEFAULT_STALL_TIMEOUT_MS,
+            )?,
+            connect_timeout: millis(
+                "BROADCASTER_CONNECT_TIMEOUT_MS",
+                raw.connect_timeout_ms.as_deref(),
+                DEFAULT_CONNECT_TIMEOUT_MS,
+            )?,
+            stage_timeout: millis(
+                "BROADCASTER_STAGE_TIMEOUT_MS",
+                raw.stage_timeout_ms.as_deref(),
+                DEFAULT_STAGE_TIMEOUT_MS,
+            )?,
+            min_success,
+            max_upload_bytes: (max > 0).then_some(max),
+            shutdown_grace: std::time::Duration::from_secs(env::number(
+                "BROADCASTER_SHUTDOWN_GRACE_SECS",
+                raw.shutdown_grace_secs.as_deref(),
+                DEFAULT_SHUTDOWN_GRACE_SECS,
+                0,
+                3600,
+            )?),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(pairs: &[(&str, &str)]) -> Result<Config, EnvError> {
+        Config::from_iter(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn defaults_and_quorum() {
+        let c = cfg(&[(
+            "BROADCASTER_HOST_LIST",
+            "127.0.0.1:1;127.0.0.1:2;http://h:3/",
+        )])
+        .expect("ok");
+        assert_eq!(c.targets.len(), 3);
+        assert_eq!(c.min_success, 3, "default quorum is every target");
+        assert_eq!(c.buffer_size, DEFAULT_BUFFER_SIZE);
+        let c = cfg(&[
+            ("BROADCASTER_HOST_LIST", "127.0.0.1:1;127.0.0.1:2"),
+            ("BROADCASTER_MIN_SUCCESS", "1"),
+        ])
+        .expect("ok");
+        assert_eq!(c.min_success, 1);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (k, v) in [
+            ("BROADCASTER_HTTP_PORT", "-1"),
+            ("BROADCASTER_BUFFER_SIZE", "abc"),
+            ("BROADCASTER_BUFFER_SIZE", "10"),
+            ("BROADCASTER_QUEUE_DEPTH", "0"),
+            ("BROADCASTER_HOST_LIST", "no-port"),
+            ("BROADCASTER_HOST_LIST", "ftp://x:1"),
+            ("BROADCASTER_MIN_SUCCESS", "5"),
+            ("BROADCASTER_STALL_TIMEOUT_MS", "soon"),
+        ] {
+            let mut pairs = vec![(k, v)];
+            if k != "BROADCASTER_HOST_LIST" {
+                pairs.push(("BROADCASTER_HOST_LIST", "127.0.0.1:1"));
+            }
+            let e = cfg(&pairs).expect_err(k);
+            assert!(e.to_string().contains(k), "{e}");
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! Broadcaster errors that end a request before the fan-out starts, and their HTTP statuses.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use common::protocol::ErrorBody;
+
+/// A request refused at the edge.
+#[derive(Debug, thiserror::Error)]
+pub enum BroadcastError {
+    #[error("bad name: {0}")]
+    BadName(#[from] common::name::NameError),
+    #[error("bad digest header: {0}")]
+    Digest(#[from] common::digest::DigestHeaderError),
+    #[error("no targets are configured (BROADCASTER_HOST_LIST is empty)")]
+    NoTargets,
+    #[error("Content-Length {len} exceeds the limit of {max} bytes")]
+    TooLarge { len: u64, max: u64 },
+    #[error("bad Content-Length header")]
+    BadContentLength,
+    #[error("malformed multipart body: {0}")]
+    Multipart(String),
+    #[error("multipart body has no `file` field with a filename")]
+    NoFileField,
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl BroadcastError {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::BadName(_)
+            | Self::Digest(_)
+            | Self::BadContentLength
+            | Self::Multipart(_)
+            | Self::NoFileField => StatusCode::BAD_REQUEST,
+            Self::NoTargets => StatusCode::SERVICE_UNAVAILABLE,
+            Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for BroadcastError {
+    fn into_response(self) -> Response {
+        if let Self::Internal(detail) = &self {
+            tracing::error!(%detail, "internal error");
+        }
+        (
+            self.status(),
+            Json(ErrorBody {
+                error: self.to_string(),
+            }),
+        )
+            .into_response()
+    }
+}

@@ -1,0 +1,514 @@
+//! The fan-out engine: one upload streamed to every target through bounded queues of shared chunks, then a
+//! two-phase commit.
+//!
+//! Memory: the client body is cut into `buffer_size` chunks (`Bytes`, cloned by reference count, never
+//! copied per target); each target's queue holds at most `queue_depth` of them, and the body is not read
+//! while any live target's queue is full. So a slow target paces the client, and memory is bounded by
+//! chunk size × queue depth whatever the file size.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use common::digest::Sha256Digest;
+use common::protocol::StagedReport;
+use futures_util::{Stream, StreamExt};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::SendTimeoutError;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::summary::{Outcome, Summary, TargetReport, TargetState};
+use crate::target::Target;
+
+/// Best-effort aborts give up after this long; readers also expire staging on their own.
+const ABORT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why an upload did not commit; each maps to a status code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// Fewer targets than the quorum could stage or commit (502).
+    Quorum,
+    /// The client's digest did not match (422).
+    DigestMismatch,
+    /// The body exceeded the configured maximum (413).
+    TooLarge,
+    /// The client went away or its body broke (no one hears the answer; logged).
+    ClientGone,
+}
+
+/// What one upload needs besides its body.
+#[derive(Debug, Clone)]
+pub struct UploadRequest {
+    /// Validated name.
+    pub name: String,
+    /// Digest the client announced, if any.
+    pub expected_sha256: Option<Sha256Digest>,
+    /// Content-Length the client announced, if any.
+    pub declared_len: Option<u64>,
+}
+
+/// Shared state of the fan-out: configuration and one HTTP client (its pool reuses target connections).
+#[derive(Debug, Clone)]
+pub struct Engine {
+    config: Arc<Config>,
+    client: reqwest::Client,
+}
+
+/// A message on a target's queue. The stream ends cleanly only on `End`; a queue dropped without it makes
+/// the request body fail, so a target can never mistake a cut-off upload for a complete one.
+#[derive(Debug)]
+enum Msg {
+    Data(Bytes),
+    End,
+}
+
+/// The request body of one target: drains its queue and counts bytes handed to the connection.
+struct QueueBody {
+    rx: mpsc::Receiver<Msg>,
+    sent: Arc<AtomicU64>,
+    done: bool,
+}
+
+impl Stream for QueueBody {
+    type Item = io::Result<Bytes>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Msg::Data(b))) => {
+                self.sent.fetch_add(b.len() as u64, Ordering::Relaxed);
+                Poll::Ready(Some(Ok(b)))
+            }
+            Poll::Ready(Some(Msg::End)) => {
+                self.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(None) => {
+                self.done = true;
+                Poll::Ready(Some(Err(io::Error::other(
+                    "upload aborted by the broadcaster",
+                ))))
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+enum LaneState {
+    Live,
+    /// Detached: broken, stalled, or staged a wrong copy.
+    Failed(String),
+    Staged,
+    Committed,
+    Aborted(String),
+}
+
+/// One target's side of an upload.
+struct Lane {
+    target: Target,
+    /// Bounded queue into the target's request body; `None` once detached or ended.
+    tx: Option<mpsc::Sender<Msg>>,
+    task: Option<JoinHandle<Result<StagedReport, String>>>,
+    sent: Arc<AtomicU64>,
+    state: LaneState,
+}
+
+impl Lane {
+    fn is_live(&self) -> bool {
+        matches!(self.state, LaneState::Live)
+    }
+
+    /// Detaches a lane that stopped making progress: its connection is dropped.
+    fn detach(&mut self, why: String) {
+        self.tx = None;
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+        self.state = LaneState::Failed(why);
+    }
+
+    /// The target's request ended early (connection refused, reset, error status): record why.
+    async fn fail_from_task(&mut self) {
+        self.tx = None;
+        let why = match self.task.take() {
+            Some(task) => match tokio::time::timeout(ABORT_TIMEOUT, task).await {
+                Ok(Ok(Err(e))) => e,
+                Ok(Ok(Ok(_))) => "target answered before the upload ended".to_owned(),
+                Ok(Err(e)) => format!("target task failed: {e}"),
+                Err(_) => "target stopped reading".to_owned(),
+            },
+            None => "target task missing".to_owned(),
+        };
+        self.state = LaneState::Failed(why);
+    }
+}
+
+impl Engine {
+    /// Builds the engine and its HTTP client.
+    pub fn new(config: Arc<Config>) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .tcp_nodelay(true)
+            // HTTP/1.1: one connection per upload stream, no HTTP/2 flow-control window capping throughput.
+            .http1_only()
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()?;
+        Ok(Self { config, client })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Streams `body` to every target and commits or aborts. Never fails as a whole: the summary says what
+    /// happened and the optional [`Failure`] why the upload was not kept.
+    pub async fn run<S, E>(&self, req: UploadRequest, body: S) -> (Summary, Option<Failure>)
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        let started = Instant::now();
+        let cfg = &self.config;
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let mut lanes: Vec<Lane> = cfg
+            .targets
+            .iter()
+            .map(|t| self.open_lane(t, &id, &req.name))
+            .collect();
+
+        let mut hasher = Sha256::new();
+        let mut total = 0u64;
+        let mut failure = None;
+        let mut error = None;
+        let mut buf = BytesMut::with_capacity(cfg.buffer_size);
+
+        futures_util::pin_mut!(body);
+        while failure.is_none() {
+            let frame = match body.next().await {
+                None => break,
+                Some(Ok(frame)) => frame,
+                Some(Err(e)) => {
+                    failure = Some(Failure::ClientGone);
+                    error = Some(format!("client body failed: {e}"));
+                    break;
+                }
+            };
+            total += frame.len() as u64;
+            if let Some(max) = cfg.max_upload_bytes {
+                if total > max {
+                    failure = Some(Failure::TooLarge);
+                    error = Some(format!("body exceeds the limit of {max} bytes"));
+                    break;
+                }
+            }
+            hasher.update(&frame);
+            let mut rest = &frame[..];
+            while !rest.is_empty() {
+                let take = rest.len().min(cfg.buffer_size - buf.len());
+                buf.extend_from_slice(&rest[..take]);
+                rest = &rest[take..];
+                if buf.len() == cfg.buffer_size {
+                    let chunk =
+                        std::mem::replace(&mut buf, BytesMut::with_capacity(cfg.buffer_size))
+                            .freeze();
+                    self.dispatch(&mut lanes, Msg::Data(chunk)).await;
+                }
+            }
+            if live(&lanes) < cfg.min_success {
+                failure = Some(Failure::Quorum);
+                error = Some(quorum_error(&lanes, cfg.min_success));
+            }
+        }
+        if failure.is_none() && !buf.is_empty() {
+            self.dispatch(&mut lanes, Msg::Data(buf.split().freeze()))
+                .await;
+        }
+        let digest: Sha256Digest = hasher.finalize().into();
+
+        if failure.is_none() {
+            if let Some(len) = req.declared_len.filter(|&l| l != total) {
+                failure = Some(Failure::ClientGone);
+                error = Some(format!("body ended after {total} of {len} announced bytes"));
+            }
+        }
+        if failure.is_none() {
+            if let Some(expected) = req.expected_sha256.filter(|e| *e != digest) {
+                failure = Some(Failure::DigestMismatch);
+                error = Some(format!(
+                    "digest mismatch: client announced sha-256 {}, received {}",
+                    hex::encode(expected),
+                    hex::encode(digest)
+                ));
+            }
+        }
+
+        if failure.is_none() {
+            // Phase 1 ends: every live target gets a clean end of body and reports its staged copy.
+            self.dispatch(&mut lanes, Msg::End).await;
+            self.collect_staged(&mut lanes, total, &digest).await;
+            if staged(&lanes) < cfg.min_success {
+                failure = Some(Failure::Quorum);
+                error = Some(quorum_error(&lanes, cfg.min_success));
+            }
+        }
+
+        if failure.is_none() {
+            // Phase 2.
+            self.commit_all(&mut lanes, &id).await;
+            let committed = count(&lanes, |s| matches!(s, LaneState::Committed));
+            if committed < cfg.min_success {
+                // Commits that did happen cannot be taken back; they hold complete, verified copies.
+                tracing::error!(name = %req.name, committed, required = cfg.min_success, "quorum lost during commit");
+                failure = Some(Failure::Quorum);
+                error = Some(quorum_error(&lanes, cfg.min_success));
+            }
+        } else {
+            let why = error.clone().unwrap_or_default();
+            self.abort_all(&mut lanes, &id, &why).await;
+        }
+        self.abort_failed(&lanes, &id);
+
+        let summary = Summary {
+            name: req.name.clone(),
+            size: total,
+            sha256: hex::encode(digest),
+            outcome: if failure.is_none() {
+                Outcome::Committed
+            } else {
+                Outcome::Failed
+            },
+            committed: count(&lanes, |s| matches!(s, LaneState::Committed)),
+            required: cfg.min_success,
+            duration_ms: started.elapsed().as_millis() as u64,
+            error,
+            targets: lanes.iter().map(report).collect(),
+        };
+        log_summary(&summary, started.elapsed());
+        (summary, failure)
+    }
+
+    fn open_lane(&self, target: &Target, id: &str, name: &str) -> Lane {
+        let (tx, rx) = mpsc::channel(self.config.queue_depth);
+        let sent = Arc::new(AtomicU64::new(0));
+        let body = QueueBody {
+            rx,
+            sent: sent.clone(),
+            done: false,
+        };
+        let request = self
+            .client
+            .put(target.stage_url(id, name))
+            .body(reqwest::Body::wrap_stream(body));
+        let task = tokio::spawn(async move {
+            let resp = request.send().await.map_err(|e| describe(&e))?;
+            let status = resp.status();
+            if !status.is_success() {
+                let text = resp.text().await.unwrap_or_default();
+                return Err(format!("target answered {status}: {}", text.trim()));
+            }
+            resp.json::<StagedReport>()
+                .await
+                .map_err(|e| format!("bad staged report: {e}"))
+        });
+        Lane {
+            target: target.clone(),
+            tx: Some(tx),
+            task: Some(task),
+            sent,
+            state: LaneState::Live,
+        }
+    }
+
+    /// Hands one message to every live target, detaching any whose queue stays full past the stall timeout.
+    async fn dispatch(&self, lanes: &mut [Lane], msg: Msg) {
+        let stall = self.config.stall_timeout;
+        for lane in lanes.iter_mut().filter(|l| l.is_live()) {
+            let Some(tx) = &lane.tx else { continue };
+            let m = match &msg {
+                Msg::Data(b) => Msg::Data(b.clone()),
+                Msg::End => Msg::End,
+            };
+            match tx.send_timeout(m, stall).await {
+                Ok(()) => {}
+                Err(SendTimeoutError::Timeout(_)) => {
+                    lane.detach(format!("stalled: no progress for {} ms", stall.as_millis()));
+                    tracing::warn!(target = %lane.target, "target stalled; detached");
+                }
+                Err(SendTimeoutError::Closed(_)) => {
+                    lane.fail_from_task().await;
+                    tracing::warn!(target = %lane.target, state = ?lane.state, "target failed; detached");
+                }
+            }
+        }
+    }
+
+    /// Waits for each live target's staged report and checks it against what the client sent.
+    async fn collect_staged(&self, lanes: &mut [Lane], total: u64, digest: &Sha256Digest) {
+        let timeout = self.config.stage_timeout;
+        let want = &hex::encode(digest);
+        let waits = lanes.iter_mut().filter(|l| l.is_live()).map(|lane| async move {
+            lane.tx = None;
+            let Some(task) = lane.task.take() else { return };
+            lane.state = match tokio::time::timeout(timeout, task).await {
+                Err(_) => LaneState::Failed(format!("no staged report within {} ms", timeout.as_millis())),
+                Ok(Err(e)) => LaneState::Failed(format!("target task failed: {e}")),
+                Ok(Ok(Err(e))) => LaneState::Failed(e),
+                Ok(Ok(Ok(r))) if r.bytes != total || r.sha256 != *want => LaneState::Failed(format!(
+                    "staged copy differs: {} bytes sha-256 {}, expected {total} bytes sha-256 {want}",
+                    r.bytes, r.sha256
+                )),
+                Ok(Ok(Ok(_))) => LaneState::Staged,
+            };
+        });
+        futures_util::future::join_all(waits).await;
+    }
+
+    async fn commit_all(&self, lanes: &mut [Lane], id: &str) {
+        let timeout = self.config.stage_timeout;
+        let client = &self.client;
+        let commits = lanes
+            .iter_mut()
+            .filter(|l| matches!(l.state, LaneState::Staged))
+            .map(|lane| async move {
+                let url = lane.target.commit_url(id);
+                let res = client.post(url).timeout(timeout).send().await;
+                lane.state = match res {
+                    Ok(r) if r.status().is_success() => LaneState::Committed,
+                    Ok(r) => LaneState::Failed(format!("commit answered {}", r.status())),
+                    Err(e) => LaneState::Failed(format!("commit failed: {}", describe(&e))),
+                };
+            });
+        futures_util::future::join_all(commits).await;
+    }
+
+    /// Tells every target still in the upload to discard it, and waits (briefly) until they did.
+    async fn abort_all(&self, lanes: &mut [Lane], id: &str, why: &str) {
+        let client = &self.client;
+        let aborts = lanes
+            .iter_mut()
+            .filter(|l| matches!(l.state, LaneState::Live | LaneState::Staged))
+            .map(|lane| async move {
+                // Dropping the queue without `End` makes the target's body fail, so it stages nothing.
+                lane.tx = None;
+                if let Some(task) = lane.task.take() {
+                    if tokio::time::timeout(ABORT_TIMEOUT, task).await.is_err() {
+                        tracing::warn!(target = %lane.target, "target did not notice the abort in time");
+                    }
+                }
+                let _ = client
+                    .delete(lane.target.abort_url(id))
+                    .timeout(ABORT_TIMEOUT)
+                    .send()
+                    .await;
+                lane.state = LaneState::Aborted(why.to_owned());
+            });
+        futures_util::future::join_all(aborts).await;
+    }
+
+    /// Detached targets may still hold staging; tell them to drop it without making the client wait.
+    fn abort_failed(&self, lanes: &[Lane], id: &str) {
+        for lane in lanes
+            .iter()
+            .filter(|l| matches!(l.state, LaneState::Failed(_)))
+        {
+            let req = self
+                .client
+                .delete(lane.target.abort_url(id))
+                .timeout(ABORT_TIMEOUT);
+            tokio::spawn(async move {
+                let _ = req.send().await;
+            });
+        }
+    }
+}
+
+fn live(lanes: &[Lane]) -> usize {
+    count(lanes, |s| matches!(s, LaneState::Live))
+}
+
+fn staged(lanes: &[Lane]) -> usize {
+    count(lanes, |s| matches!(s, LaneState::Staged))
+}
+
+fn count(lanes: &[Lane], f: impl Fn(&LaneState) -> bool) -> usize {
+    lanes.iter().filter(|l| f(&l.state)).count()
+}
+
+fn quorum_error(lanes: &[Lane], required: usize) -> String {
+    let ok = count(lanes, |s| {
+        matches!(
+            s,
+            LaneState::Live | LaneState::Staged | LaneState::Committed
+        )
+    });
+    format!(
+        "only {ok} of {} targets could take the upload; {required} required",
+        lanes.len()
+    )
+}
+
+fn report(lane: &Lane) -> TargetReport {
+    let (state, error) = match &lane.state {
+        LaneState::Committed => (TargetState::Committed, None),
+        LaneState::Failed(e) => (TargetState::Failed, Some(e.clone())),
+        LaneState::Aborted(e) => (TargetState::Aborted, Some(e.clone())),
+        // Unreachable once an upload finished; reported honestly if it ever happens.
+        LaneState::Live | LaneState::Staged => (
+            TargetState::Aborted,
+            Some("upload ended before commit".into()),
+        ),
+    };
+    TargetReport {
+        target: lane.target.label.clone(),
+        state,
+        bytes: lane.sent.load(Ordering::Relaxed),
+        error,
+    }
+}
+
+/// reqwest's Display hides the cause ("error sending request"); the chain says what happened.
+fn describe(e: &reqwest::Error) -> String {
+    use std::error::Error;
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(cause) = src {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        src = cause.source();
+    }
+    s
+}
+
+fn log_summary(s: &Summary, elapsed: Duration) {
+    let mbps = s.size as f64 / 1e6 / elapsed.as_secs_f64().max(1e-9);
+    for t in &s.targets {
+        match t.state {
+            TargetState::Committed => {
+                tracing::info!(name = %s.name, target = %t.target, bytes = t.bytes, "target committed")
+            }
+            _ => {
+                tracing::warn!(name = %s.name, target = %t.target, state = ?t.state, bytes = t.bytes, error = t.error.as_deref().unwrap_or(""), "target did not commit")
+            }
+        }
+    }
+    match s.outcome {
+        Outcome::Committed => tracing::info!(
+            name = %s.name, size = s.size, sha256 = %s.sha256, committed = s.committed, required = s.required,
+            ms = s.duration_ms, mbps = format!("{mbps:.1}"), "upload committed"
+        ),
+        Outcome::Failed => tracing::warn!(
+            name = %s.name, size = s.size, committed = s.committed, required = s.required, ms = s.duration_ms,
+            error = s.error.as_deref().unwrap_or(""), "upload failed"
+        ),
+    }
+}

@@ -1,0 +1,55 @@
+//! The broadcaster: a gateway that streams one upload to many targets at once, in constant memory, and
+//! commits it on all of them or none.
+//!
+//! # Layout
+//! - [`config`]: `BROADCASTER_*` environment variables, validated.
+//! - [`target`]: targets from `BROADCASTER_HOST_LIST` and the stream-protocol URLs built from them.
+//! - [`fanout`]: the engine: bounded per-target queues of shared chunks, stall detection, two-phase commit.
+//! - [`summary`]: the JSON summary each upload answers with.
+//! - [`routes`]: the HTTP surface.
+//! - [`error`]: requests refused at the edge.
+//!
+//! [`run`] serves a bound listener until a cancellation token fires; `main.rs` and the tests both call it.
+
+pub mod config;
+pub mod error;
+pub mod fanout;
+pub mod routes;
+pub mod summary;
+pub mod target;
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+pub use error::BroadcastError;
+
+/// Errors that stop the server.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot build the HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+    #[error("server failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Serves until `shutdown` is cancelled; uploads in flight get the configured grace period to finish.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    let grace = config.shutdown_grace;
+    tracing::info!(
+        targets = ?config.targets.iter().map(|t| t.label.as_str()).collect::<Vec<_>>(),
+        min_success = config.min_success,
+        buffer_size = config.buffer_size,
+        queue_depth = config.queue_depth,
+        "broadcaster configured"
+    );
+    let engine = fanout::Engine::new(Arc::new(config))?;
+    common::server::serve(listener, routes::app(engine), shutdown, grace).await?;
+    Ok(())
+}

@@ -1,0 +1,144 @@
+//! The broadcaster's HTTP surface.
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Multipart, Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use common::protocol::ErrorBody;
+use futures_util::TryStreamExt;
+
+use crate::error::BroadcastError;
+use crate::fanout::{Engine, Failure, UploadRequest};
+use crate::summary::Summary;
+
+/// Builds the router.
+pub fn app(engine: Engine) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/broadcast/{name}", put(put_broadcast))
+        .route(
+            "/broadcast/",
+            put(|| async { BroadcastError::BadName(common::name::NameError::Empty) }),
+        )
+        .route("/broadcast", post(post_broadcast))
+        .fallback(not_found)
+        // Upload bodies are streamed, never collected, so the whole-body limit is off.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(engine)
+}
+
+async fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(ErrorBody {
+            error: "no such route".into(),
+        }),
+    )
+        .into_response()
+}
+
+fn declared_len(headers: &HeaderMap) -> Result<Option<u64>, BroadcastError> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or(BroadcastError::BadContentLength)
+        })
+        .transpose()
+}
+
+fn check_ready(engine: &Engine) -> Result<(), BroadcastError> {
+    if engine.config().targets.is_empty() {
+        return Err(BroadcastError::NoTargets);
+    }
+    Ok(())
+}
+
+/// `PUT /broadcast/{name}`: the raw body (`curl -T`), sized or chunked.
+async fn put_broadcast(
+    State(engine): State<Engine>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, BroadcastError> {
+    common::name::validate_name(&name)?;
+    check_ready(&engine)?;
+    let expected_sha256 = common::digest::expected_sha256(&headers)?;
+    let declared_len = declared_len(&headers)?;
+    if let (Some(max), Some(len)) = (engine.config().max_upload_bytes, declared_len) {
+        if len > max {
+            return Err(BroadcastError::TooLarge { len, max });
+        }
+    }
+    let req = UploadRequest {
+        name,
+        expected_sha256,
+        declared_len,
+    };
+    // The fan-out runs in its own task so that a client hanging up cannot cancel it halfway: it sees the
+    // body fail and aborts every target cleanly.
+    let task = tokio::spawn(async move { engine.run(req, body.into_data_stream()).await });
+    let (summary, failure) = task
+        .await
+        .map_err(|e| BroadcastError::Internal(e.to_string()))?;
+    Ok(respond(StatusCode::CREATED, summary, failure))
+}
+
+/// `POST /broadcast`: multipart field `file`, named by the part's filename (the seed's client contract).
+/// `X-Content-SHA256` names the file's digest; `Content-Digest` would describe the multipart body, not the file.
+async fn post_broadcast(
+    State(engine): State<Engine>,
+    headers: HeaderMap,
+    form: Multipart,
+) -> Result<Response, BroadcastError> {
+    check_ready(&engine)?;
+    let mut only_hex = HeaderMap::new();
+    if let Some(v) = headers.get("x-content-sha256") {
+        only_hex.insert("x-content-sha256", v.clone());
+    }
+    let expected_sha256 = common::digest::expected_sha256(&only_hex)?;
+    let task = tokio::spawn(async move {
+        let mut form = form;
+        while let Some(field) = form
+            .next_field()
+            .await
+            .map_err(|e| BroadcastError::Multipart(e.body_text()))?
+        {
+            if field.name() != Some("file") {
+                continue;
+            }
+            let name = field
+                .file_name()
+                .ok_or(BroadcastError::NoFileField)?
+                .to_owned();
+            common::name::validate_name(&name)?;
+            let req = UploadRequest {
+                name,
+                expected_sha256,
+                declared_len: None,
+            };
+            return Ok(engine.run(req, field.map_err(|e| e.body_text())).await);
+        }
+        Err(BroadcastError::NoFileField)
+    });
+    let (summary, failure) = task
+        .await
+        .map_err(|e| BroadcastError::Internal(e.to_string()))??;
+    Ok(respond(StatusCode::OK, summary, failure))
+}
+
+fn respond(ok: StatusCode, summary: Summary, failure: Option<Failure>) -> Response {
+    let status = match failure {
+        None => ok,
+        Some(Failure::Quorum) => StatusCode::BAD_GATEWAY,
+        Some(Failure::DigestMismatch) => StatusCode::UNPROCESSABLE_ENTITY,
+        Some(Failure::TooLarge) => StatusCode::PAYLOAD_TOO_LARGE,
+        // Nobody is listening any more; the status only shows in logs.
+        Some(Failure::ClientGone) => StatusCode::BAD_REQUEST,
+    };
+    (status, Json(summary)).into_response()
+}

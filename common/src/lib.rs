@@ -1,0 +1,18 @@
+//! Pieces shared by the Distributary services.
+//!
+//! # Layout
+//! - [`name`]: validation of user-chosen names (files, videos) at every edge.
+//! - [`digest`]: SHA-256 while streaming, and client digest headers (RFC 9530 `Content-Digest`, `X-Content-SHA256`).
+//! - [`durable`]: staging files written on a blocking thread, fsync + rename on commit, delete-on-drop.
+//! - [`serve`]: serving a file with `Range`, `ETag`, `HEAD`.
+//! - [`protocol`]: the broadcaster ↔ target stream protocol (paths, upload ids, staged reports).
+//! - [`env`]: turning raw environment strings into validated values with errors that name the variable.
+//! - [`server`]: tracing setup, binding, the `listening on` line, graceful shutdown on SIGTERM / Ctrl-C.
+
+pub mod digest;
+pub mod durable;
+pub mod env;
+pub mod name;
+pub mod protocol;
+pub mod serve;
+pub mod server;

@@ -1,0 +1,77 @@
+//! Names chosen by users become file names on every target, so they are checked once, at the edge.
+
+/// Longest accepted name in bytes: the limit of one path component on common file systems.
+pub const MAX_NAME_BYTES: usize = 255;
+
+/// Why a name was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum NameError {
+    #[error("name is empty")]
+    Empty,
+    #[error("name is {0} bytes long; at most {MAX_NAME_BYTES} are allowed")]
+    TooLong(usize),
+    #[error("name may not be `.` or `..`")]
+    Dots,
+    #[error("name may not contain {0}")]
+    BadChar(&'static str),
+}
+
+/// Accepts a name that is safe as a single path component on every target.
+pub fn validate_name(name: &str) -> Result<(), NameError> {
+    if name.is_empty() {
+        return Err(NameError::Empty);
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err(NameError::TooLong(name.len()));
+    }
+    if name == "." || name == ".." {
+        return Err(NameError::Dots);
+    }
+    for c in name.chars() {
+        let bad = match c {
+            '/' => "`/`",
+            '\\' => "`\\`",
+            '\0' => "NUL",
+            c if c.is_control() => "control characters",
+            _ => continue,
+        };
+        return Err(NameError::BadChar(bad));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_ordinary_names() {
+        for n in [
+            "a",
+            "big.iso",
+            "video 1.mp4",
+            "..a",
+            "a..",
+            "ünïcødé",
+            &"x".repeat(255),
+        ] {
+            assert_eq!(validate_name(n), Ok(()), "{n}");
+        }
+    }
+
+    #[test]
+    fn refuses_dangerous_names() {
+        assert_eq!(validate_name(""), Err(NameError::Empty));
+        assert_eq!(validate_name("."), Err(NameError::Dots));
+        assert_eq!(validate_name(".."), Err(NameError::Dots));
+        assert_eq!(
+            validate_name(&"x".repeat(256)),
+            Err(NameError::TooLong(256))
+        );
+        assert!(validate_name("a/b").is_err());
+        assert!(validate_name("../etc").is_err());
+        assert!(validate_name("a\\b").is_err());
+        assert!(validate_name("a\0b").is_err());
+        assert!(validate_name("a\nb").is_err());
+    }
+}

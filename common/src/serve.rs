@@ -1,0 +1,134 @@
+//! Serving a committed file: `GET`/`HEAD`, one `Range` (206/416), `ETag` with `If-None-Match` and `If-Range`.
+
+use std::path::Path;
+use std::time::UNIX_EPOCH;
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio_util::io::ReaderStream;
+
+/// Read size when streaming a file out.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Serves `path`; a missing file is 404.
+pub async fn serve_file(
+    path: &Path,
+    method: &Method,
+    headers: &HeaderMap,
+    content_type: &str,
+) -> Response {
+    let mut file = match tokio::fs::File::open(path).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return StatusCode::NOT_FOUND.into_response()
+        }
+        Err(e) => {
+            tracing::error!(path = %path.display(), error = %e, "cannot open file");
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        }
+    };
+    let meta = match file.metadata().await {
+        Ok(m) if m.is_file() => m,
+        Ok(_) => return StatusCode::NOT_FOUND.into_response(),
+        Err(e) => {
+            tracing::error!(path = %path.display(), error = %e, "cannot stat file");
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        }
+    };
+    let len = meta.len();
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let etag = format!("\"{len:x}-{mtime:x}\"");
+
+    let plan = match plan_range(headers, &etag, len) {
+        Ok(p) => p,
+        Err(resp) => return resp,
+    };
+    let (status, start, count) = match plan {
+        RangePlan::NotModified => {
+            return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
+        }
+        RangePlan::Full => (StatusCode::OK, 0, len),
+        RangePlan::Partial(s, e) => (StatusCode::PARTIAL_CONTENT, s, e - s + 1),
+    };
+
+    let mut out = HeaderMap::new();
+    out.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    out.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        out.insert(header::ETAG, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(content_type) {
+        out.insert(header::CONTENT_TYPE, v);
+    }
+    if status == StatusCode::PARTIAL_CONTENT {
+        if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{len}", start + count - 1))
+        {
+            out.insert(header::CONTENT_RANGE, v);
+        }
+    }
+    if method == Method::HEAD {
+        return (status, out).into_response();
+    }
+    if start > 0 {
+        if let Err(e) = file.seek(std::io::SeekFrom::Start(start)).await {
+            tracing::error!(path = %path.display(), error = %e, "cannot seek");
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        }
+    }
+    let body = Body::from_stream(ReaderStream::with_capacity(file.take(count), READ_CHUNK));
+    (status, out, body).into_response()
+}
+
+enum RangePlan {
+    NotModified,
+    Full,
+    /// Inclusive byte range.
+    Partial(u64, u64),
+}
+
+fn plan_range(headers: &HeaderMap, etag: &str, len: u64) -> Result<RangePlan, Response> {
+    if let Some(inm) = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+    {
+        if inm.split(',').any(|t| t.trim() == etag || t.trim() == "*") {
+            return Ok(RangePlan::NotModified);
+        }
+    }
+    let Some(range) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
+        return Ok(RangePlan::Full);
+    };
+    // A stale If-Range means the client's partial copy is of another version: send it all.
+    if let Some(if_range) = headers.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) {
+        if if_range.trim() != etag {
+            return Ok(RangePlan::Full);
+        }
+    }
+    let unsatisfiable = || {
+        (
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            [(header::CONTENT_RANGE, format!("bytes */{len}"))],
+        )
+            .into_response()
+    };
+    let ranges = match http_range_header::parse_range_header(range) {
+        Ok(parsed) => match parsed.validate(len) {
+            Ok(r) => r,
+            Err(_) => return Err(unsatisfiable()),
+        },
+        // RFC 9110 §14.2: a Range header that does not parse is ignored.
+        Err(_) => return Ok(RangePlan::Full),
+    };
+    match ranges.as_slice() {
+        [one] => Ok(RangePlan::Partial(*one.start(), *one.end())),
+        // Several ranges would need multipart/byteranges; serving the whole file is allowed instead.
+        _ => Ok(RangePlan::Full),
+    }
+}

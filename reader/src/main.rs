@@ -1,0 +1,18 @@
+//! `reader`: reads `READER_*` variables, binds, and serves until SIGTERM.
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    common::server::init_tracing();
+    let config = reader::Config::from_env().context("invalid configuration")?;
+    let listener = common::server::bind(config.http_host, config.http_port)
+        .await
+        .with_context(|| format!("cannot bind {}:{}", config.http_host, config.http_port))?;
+    let shutdown = CancellationToken::new();
+    common::server::cancel_on_termination(shutdown.clone());
+    reader::run(listener, config, shutdown).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
