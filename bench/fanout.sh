@@ -15,7 +15,8 @@
 #   BENCH_TARGETS        target counts for the fan-out, e.g. "1 2 3" for a sweep (default "3"); the direct
 #                        and one-liner comparisons use 3 if listed, else the largest count
 #   BENCH_DIR            where the generated data files are kept and reused (default bench/out/data)
-#   BENCH_WORK           reader data dirs, one-liner outputs, summaries (default bench/out/run; wiped at start)
+#   BENCH_WORK           reader data dirs, one-liner outputs, summaries (default bench/out/run; those
+#                        subdirectories are wiped at start)
 #   BENCH_VERIFY_MAX     copies up to this size are also re-hashed with sha256sum on disk (default 256M;
 #                        larger copies are checked by size and by the digests the services report)
 #   BENCH_ONELINER_SYNC  fsync (default: `sync FILE...`, an fsync of each output, like the readers do),
@@ -110,11 +111,15 @@ trap 'exit 143' TERM
 
 if ! command -v socat >/dev/null 2>&1; then
     log "installing socat"
-    (apt-get update && apt-get install -y socat) >&2 || die "could not install socat"
+    SUDO=""
+    [[ $(id -u) == 0 ]] || SUDO=sudo
+    ($SUDO apt-get update && $SUDO apt-get install -y socat) >&2 || die "could not install socat"
 fi
 for tool in curl python3 openssl sha256sum tee df; do
     command -v "$tool" >/dev/null 2>&1 || die "$tool is required"
 done
+# the interpreter itself, not a version-manager shim (a pyenv shim costs ~0.5 s per call)
+PY=$(python3 -c 'import sys; print(sys.executable)')
 if ! command -v cargo >/dev/null 2>&1 && [[ -f $HOME/.cargo/env ]]; then
     # shellcheck disable=SC1091
     . "$HOME/.cargo/env"
@@ -128,9 +133,11 @@ BROADCASTER=${BENCH_BROADCASTER_BIN:-$ROOT/target/release/broadcaster}
 READER=${BENCH_READER_BIN:-$ROOT/target/release/reader}
 [[ -x $BROADCASTER && -x $READER ]] || die "missing $BROADCASTER or $READER"
 
-mkdir -p "$OUT" "$DATA" "$LOGS"
-rm -rf "$WORK"
-mkdir -p "$WORK/summaries" "$WORK/oneliner"
+mkdir -p "$OUT" "$DATA"
+exec 9>"$OUT/.lock"
+flock -n 9 || die "another bench/fanout.sh is running (it holds $OUT/.lock)"
+rm -rf "$LOGS" "$WORK"/reader[0-9]* "$WORK/oneliner" "$WORK/summaries" "$WORK/warmup.bin"
+mkdir -p "$LOGS" "$WORK/summaries" "$WORK/oneliner"
 
 # ---------------------------------------------------------------------------------------------------------------
 # disk space and data files
@@ -218,8 +225,9 @@ declare -A BPID=() BPORT=()
 start_reader() { # start_reader INDEX (1-based)
     local i=$1 dir="$WORK/reader$1" logf="$LOGS/reader$1.log" pid port
     mkdir -p "$dir"
+    : >"$logf" # truncate here: the child opens the log after the fork, wait_port must not see an old one
     READER_HTTP_HOST=127.0.0.1 READER_HTTP_PORT=0 READER_DATA_DIR="$dir" RUST_LOG=${RUST_LOG:-info} NO_COLOR=1 \
-        "$READER" >"$logf" 2>&1 &
+        "$READER" >>"$logf" 2>&1 &
     pid=$!
     track "$pid" "reader $i"
     port=$(wait_port "$logf" "$pid" "reader $i") || die "reader $i did not start"
@@ -230,8 +238,9 @@ start_reader() { # start_reader INDEX (1-based)
 start_broadcaster() { # start_broadcaster N: a broadcaster whose targets are readers 1..N
     local n=$1 logf="$LOGS/broadcaster-n$1.log" list="" i pid port
     for ((i = 1; i <= n; i++)); do list+="${list:+;}127.0.0.1:${RPORT[i]}"; done
+    : >"$logf"
     BROADCASTER_HTTP_HOST=127.0.0.1 BROADCASTER_HTTP_PORT=0 BROADCASTER_HOST_LIST="$list" \
-        RUST_LOG=${RUST_LOG:-info} NO_COLOR=1 "$BROADCASTER" >"$logf" 2>&1 &
+        RUST_LOG=${RUST_LOG:-info} NO_COLOR=1 "$BROADCASTER" >>"$logf" 2>&1 &
     pid=$!
     track "$pid" "broadcaster ($n targets)"
     port=$(wait_port "$logf" "$pid" "broadcaster ($n targets)") || die "broadcaster did not start"
@@ -327,7 +336,7 @@ run_fanout() { # run_fanout LABEL BYTES FILE SHA N REPEAT
         err="curl exit $rc ($out)"
     elif [[ $code != 201 ]]; then
         err="HTTP $code: $(head -c 400 "$summary" 2>/dev/null | tr '\n' ' ')"
-    elif ! verdict=$(python3 "$REPORT" check-summary "$summary" "$bytes" "$sha" "$n"); then
+    elif ! verdict=$("$PY" "$REPORT" check-summary "$summary" "$bytes" "$sha" "$n"); then
         err="summary: $verdict"
     else
         for ((i = 1; i <= n; i++)); do
@@ -363,7 +372,7 @@ run_direct() { # run_direct LABEL BYTES FILE SHA REPEAT
         err="stage: curl exit $rc ($out)"
     elif [[ $code != 2?? ]]; then
         err="stage: HTTP $code: $(head -c 400 "$stage" 2>/dev/null | tr '\n' ' ')"
-    elif ! verdict=$(python3 "$REPORT" check-stage "$stage" "$bytes" "$sha"); then
+    elif ! verdict=$("$PY" "$REPORT" check-stage "$stage" "$bytes" "$sha"); then
         err="stage answer: $verdict"
     else
         out=$(curl -sS -m 600 -X POST "http://127.0.0.1:$port/v1/uploads/$id/commit" -o "$stage.commit" \
@@ -392,7 +401,7 @@ run_direct() { # run_direct LABEL BYTES FILE SHA REPEAT
 run_oneliner() { # run_oneliner LABEL BYTES FILE SHA N REPEAT
     local label=$1 bytes=$2 file=$3 sha=$4 n=$5 rep=$6
     local ports=() sinks=() outs=() i cmd t0 t1 t="" err="" pid note verdict
-    mapfile -t ports < <(python3 "$REPORT" freeports "$n")
+    mapfile -t ports < <("$PY" "$REPORT" freeports "$n")
     for ((i = 0; i < n; i++)); do
         outs+=("$WORK/oneliner/out$((i + 1))")
         rm -f "${outs[i]}"
@@ -404,7 +413,7 @@ run_oneliner() { # run_oneliner LABEL BYTES FILE SHA N REPEAT
         sinks+=($!)
         track "$!" "socat sink ${ports[i]}"
     done
-    if ! python3 "$REPORT" waitlisten 10 "${ports[@]}"; then
+    if ! "$PY" "$REPORT" waitlisten 10 "${ports[@]}"; then
         err="socat sinks did not listen"
     else
         # tee FILE into n-1 process substitutions and the pipe, each a socat sender to one sink
@@ -459,6 +468,25 @@ log "CPU: $(nproc) core(s)$(grep -qw sha_ni /proc/cpuinfo && echo ', SHA extensi
 for ((i = 1; i <= COPIES; i++)); do start_reader "$i"; done
 for n in "${COUNTS[@]}"; do [[ -n ${BPID[$n]:-} ]] || start_broadcaster "$n"; done
 
+# warm-up, not measured: the first upload after start pays one-off costs (connections, directories, page tables)
+warmup() {
+    local f="$WORK/warmup.bin" n code id i
+    head -c 1048576 /dev/urandom >"$f"
+    for n in "${COUNTS[@]}"; do
+        code=$(curl -sS -m 60 -T "$f" "http://127.0.0.1:${BPORT[$n]}/broadcast/warmup-n$n.bin" -o /dev/null \
+            -w '%{http_code}') || true
+        [[ $code == 201 ]] || log "warning: warm-up fan-out to $n target(s) answered HTTP ${code:-nothing}"
+        for ((i = 1; i <= n; i++)); do rm -f "${RDIR[i]}/files/warmup-n$n.bin"; done
+    done
+    id=$(new_id)
+    code=$(curl -sS -m 60 -T "$f" "http://127.0.0.1:${RPORT[1]}/v1/uploads/$id/warmup-direct.bin" -o /dev/null \
+        -w '%{http_code}') || true
+    [[ $code == 2?? ]] || log "warning: warm-up stage on reader 1 answered HTTP ${code:-nothing}"
+    curl -sS -m 60 -X POST "http://127.0.0.1:${RPORT[1]}/v1/uploads/$id/commit" -o /dev/null || true
+    rm -f "${RDIR[1]}/files/warmup-direct.bin" "$f"
+}
+warmup
+
 RAN=0
 for spec in "${SIZE_LIST[@]}"; do
     bytes=$(to_bytes "$spec")
@@ -487,7 +515,7 @@ if ((RAN == 0)); then
     log "no size could run"
     exit 1
 fi
-python3 "$REPORT" report "$RAW" "$OUT" "$PRIMARY"
+"$PY" "$REPORT" report "$RAW" "$OUT" "$PRIMARY"
 if ((FAILED)); then
     log "some uploads failed or digests did not match (details above; logs in $LOGS)"
     exit 1

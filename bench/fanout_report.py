@@ -223,22 +223,25 @@ def tick_label(v):
 
 
 class Panel:
-    """One chart: x axis log2 (sizes) or linear (target counts), y axis linear from 0."""
+    """One chart: x axis log2 (sizes) or linear (target counts), y axis linear from 0.
+
+    Series and reference lines are collected first and drawn by svg(), which puts the legend in a corner of
+    the plot where nothing is drawn, raising the top of the y axis if no corner is free.
+    """
 
     W, H = 560, 360
     ML, MR, MT, MB = 72, 24, 44, 62
 
-    def __init__(self, ox, oy, title, xlabel, ylabel, xs, xlabels, logx, ymax):
+    def __init__(self, ox, oy, title, xlabel, ylabel, xs, xlabels, logx):
         self.ox, self.oy = ox, oy
         self.title, self.xlabel, self.ylabel = title, xlabel, ylabel
         self.xs, self.xlabels, self.logx = xs, xlabels, logx
-        self.yticks, self.ytop = nice_ticks(0, ymax * 1.08 if ymax > 0 else 1)
         tx = [self._t(x) for x in xs]
         lo, hi = min(tx), max(tx)
         pad = (hi - lo) * 0.08 if hi > lo else 1.0
         self.xlo, self.xhi = lo - pad, hi + pad
+        self.items = []  # ("series", name, [(x, y)], color, dash, marker, unit) or ("hline", name, y, color, dash)
         self.out = []
-        self.legend = []
 
     def _t(self, x):
         return math.log2(x) if self.logx else float(x)
@@ -251,7 +254,67 @@ class Panel:
         h = self.H - self.MT - self.MB
         return self.oy + self.MT + h - (y / self.ytop) * h
 
-    def frame(self):
+    def series(self, name, points, color, dash=None, marker=True, unit=""):
+        pts = [(x, y) for x, y in points if y is not None]
+        if pts:
+            self.items.append(("series", name, pts, color, dash, marker, unit))
+
+    def hline(self, name, y, color, dash="6,4"):
+        if y is not None:
+            self.items.append(("hline", name, y, color, dash))
+
+    # layout ---------------------------------------------------------------------------------------------------
+
+    def _samples(self):
+        """(pixel x, data y) along everything drawn; pixel x does not depend on the y scale."""
+        x0, x1 = self.ox + self.ML, self.ox + self.W - self.MR
+        out = []
+        for it in self.items:
+            if it[0] == "hline":
+                out.extend((x0 + (x1 - x0) * k / 40.0, it[2]) for k in range(41))
+                continue
+            pix = [(self.px(x), y) for x, y in it[2]]
+            out.extend(pix)
+            for (ax, ay), (bx, by) in zip(pix, pix[1:]):
+                out.extend((ax + (bx - ax) * k / 32.0, ay + (by - ay) * k / 32.0) for k in range(1, 32))
+        return out
+
+    def _legend_size(self):
+        n = len(self.items)
+        w = 50 + 6.6 * max(len(it[1]) for it in self.items) if n else 0
+        return w, 8 + 17 * n
+
+    def _layout(self):
+        ymax = max([it[2] if it[0] == "hline" else max(y for _, y in it[2]) for it in self.items] + [0])
+        want = ymax * 1.08 if ymax > 0 else 1
+        ph = self.H - self.MT - self.MB
+        w, h = self._legend_size()
+        samples = self._samples()
+        left, right = self.ox + self.ML + 8, self.ox + self.W - self.MR - 8 - w
+        frac = (8 + h + 6) / ph  # share of the plot height the legend box takes, with gaps
+        best = None
+        for corner, lx in (("top", left), ("top", right), ("bottom", right), ("bottom", left)):
+            inside = [y for x, y in samples if lx - 6 <= x <= lx + w + 6]
+            _, top = nice_ticks(0, want)
+            if corner == "top":
+                free = all(y <= top * (1 - frac) for y in inside)
+                need = max([want] + [y / (1 - frac) for y in inside]) if frac < 0.95 else float("inf")
+            else:
+                free = all(y >= top * frac for y in inside)
+                need = float("inf")
+            if free:
+                best = (want, corner, lx)
+                break
+            if best is None or need < best[0]:
+                best = (need, corner, lx)
+        self.yticks, self.ytop = nice_ticks(0, best[0])
+        ly = self.oy + self.MT + 8 if best[1] == "top" else self.oy + self.H - self.MB - 8 - h
+        return best[2], ly, w, h
+
+    # drawing --------------------------------------------------------------------------------------------------
+
+    def svg(self):
+        lx, ly, lw, lh = self._layout()
         o = self.out
         x0, x1 = self.ox + self.ML, self.ox + self.W - self.MR
         y0, y1 = self.oy + self.MT, self.oy + self.H - self.MB
@@ -268,54 +331,38 @@ class Panel:
         o.append('<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" class="axes"/>' % (x0, y0, x1 - x0, y1 - y0))
         o.append('<text x="%.1f" y="%.1f" class="label" text-anchor="middle">%s</text>'
                  % ((x0 + x1) / 2, y1 + 40, escape(self.xlabel)))
-        cy = (y0 + y1) / 2
-        cx = self.ox + 18
+        cy, cx = (y0 + y1) / 2, self.ox + 18
         o.append('<text x="%.1f" y="%.1f" class="label" text-anchor="middle" transform="rotate(-90 %.1f %.1f)">%s</text>'
                  % (cx, cy, cx, cy, escape(self.ylabel)))
-
-    def series(self, name, points, color, dash=None, marker=True, unit=""):
-        pts = [(x, y) for x, y in points if y is not None]
-        if not pts:
-            return
-        style = 'stroke="%s"' % color + (' stroke-dasharray="%s"' % dash if dash else "")
-        if len(pts) > 1:
-            d = " ".join("%.1f,%.1f" % (self.px(x), self.py(y)) for x, y in pts)
-            self.out.append('<polyline points="%s" fill="none" stroke-width="2" %s/>' % (d, style))
-        if marker:
-            for x, y in pts:
-                self.out.append('<circle cx="%.1f" cy="%.1f" r="3.5" fill="%s"><title>%s: %s%s</title></circle>'
-                                % (self.px(x), self.py(y), color, escape(name), tick_label(round(y, 1)), unit))
-        self.legend.append((name, color, dash, marker))
-
-    def hline(self, name, y, color, dash="6,4"):
-        if y is None or y > self.ytop:
-            return
-        x0, x1 = self.ox + self.ML, self.ox + self.W - self.MR
-        Y = self.py(y)
-        self.out.append('<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="%s" stroke-width="1.5" stroke-dasharray="%s"/>'
-                        % (x0, Y, x1, Y, color, dash))
-        self.legend.append((name, color, dash, False))
-
-    def render_legend(self):
-        # inside the plot area, top left, on a white box
-        x0, y0 = self.ox + self.ML + 10, self.oy + self.MT + 8
-        if not self.legend:
-            return
-        w = 18 + 7.2 * max(len(n) for n, _, _, _ in self.legend) + 34
-        h = 8 + 17 * len(self.legend)
-        self.out.append('<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" class="legend"/>' % (x0, y0, w, h))
-        for i, (name, color, dash, marker) in enumerate(self.legend):
-            y = y0 + 14 + 17 * i
-            st = ' stroke-dasharray="%s"' % dash if dash else ""
-            self.out.append('<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="%s" stroke-width="2"%s/>'
-                            % (x0 + 8, y - 4, x0 + 34, y - 4, color, st))
+        for it in self.items:
+            if it[0] == "hline":
+                _, name, y, color, dash = it
+                Y = self.py(y)
+                o.append('<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="%s" stroke-width="1.5" '
+                         'stroke-dasharray="%s"/>' % (x0, Y, x1, Y, color, dash))
+                continue
+            _, name, pts, color, dash, marker, unit = it
+            st = 'stroke="%s"' % color + (' stroke-dasharray="%s"' % dash if dash else "")
+            if len(pts) > 1:
+                d = " ".join("%.1f,%.1f" % (self.px(x), self.py(y)) for x, y in pts)
+                o.append('<polyline points="%s" fill="none" stroke-width="2" %s/>' % (d, st))
             if marker:
-                self.out.append('<circle cx="%.1f" cy="%.1f" r="3.5" fill="%s"/>' % (x0 + 21, y - 4, color))
-            self.out.append('<text x="%.1f" y="%.1f" class="legendtext">%s</text>' % (x0 + 42, y, escape(name)))
-
-    def svg(self):
-        self.render_legend()
-        return self.out
+                for x, y in pts:
+                    o.append('<circle cx="%.1f" cy="%.1f" r="3.5" fill="%s"><title>%s: %s%s</title></circle>'
+                             % (self.px(x), self.py(y), color, escape(name), tick_label(round(y, 1)), unit))
+        if self.items:
+            o.append('<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" class="legend"/>' % (lx, ly, lw, lh))
+            for i, it in enumerate(self.items):
+                name, color, dash = it[1], it[3], it[4]
+                marker = it[0] == "series" and it[5]
+                y = ly + 14 + 17 * i
+                st = ' stroke-dasharray="%s"' % dash if dash else ""
+                o.append('<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="%s" stroke-width="2"%s/>'
+                         % (lx + 8, y - 4, lx + 34, y - 4, color, st))
+                if marker:
+                    o.append('<circle cx="%.1f" cy="%.1f" r="3.5" fill="%s"/>' % (lx + 21, y - 4, color))
+                o.append('<text x="%.1f" y="%.1f" class="legendtext">%s</text>' % (lx + 42, y, escape(name)))
+        return o
 
 
 COLORS = {"fanout": "#1f77b4", "direct": "#2ca02c", "oneliner": "#ff7f0e", "bcast": "#d62728", "reader": "#17becf"}
@@ -337,10 +384,8 @@ def write_svg(path, sizes, labels, agg, primary_n, counts, subtitle):
         for i, n in enumerate(c for c in counts if c != primary_n):
             thr_series.append(("fan-out to %d reader%s" % (n, "" if n == 1 else "s"), "fanout", n,
                                SWEEP_COLORS[i % len(SWEEP_COLORS)]))
-    ymax = max([get(s, m, n, "mbps") or 0 for s in sizes for _, m, n, _ in thr_series] + [1])
     p1 = Panel(0, 0, "Throughput against file size", "file size (log scale)", "MB/s (10^6 bytes/s)",
-               sizes, labels, True, ymax)
-    p1.frame()
+               sizes, labels, True)
     for name, m, n, color in thr_series:
         p1.series(name, [(s, get(s, m, n, "mbps")) for s in sizes], color, unit=" MB/s")
     goal = [(s, (get(s, "direct", 0, "mbps") or 0) * GOAL_RATIO or None) for s in sizes]
@@ -354,27 +399,21 @@ def write_svg(path, sizes, labels, agg, primary_n, counts, subtitle):
         for i, n in enumerate(c for c in counts if c != primary_n):
             rss_series.append(("broadcaster VmHWM (%d target%s)" % (n, "" if n == 1 else "s"), "bcast_mib", n,
                                SWEEP_COLORS[i % len(SWEEP_COLORS)], "2,3"))
-    ymax = max([get(s, "fanout", n, f) or 0 for s in sizes for _, f, n, _, _ in rss_series] + [GOAL_RSS_MIB])
-    p2 = Panel(Panel.W, 0, "Peak RSS during the fan-out", "file size (log scale)", "MiB", sizes, labels, True, ymax)
-    p2.frame()
+    p2 = Panel(Panel.W, 0, "Peak RSS during the fan-out", "file size (log scale)", "MiB", sizes, labels, True)
     for name, f, n, color, dash in rss_series:
         p2.series(name, [(s, get(s, "fanout", n, f)) for s in sizes], color, dash=dash, unit=" MiB")
     p2.hline("goal: broadcaster < %d MiB" % GOAL_RSS_MIB, GOAL_RSS_MIB, COLORS["bcast"])
     panels.append(p2)
 
     if sweep:
-        ymax = max([get(s, "fanout", n, "mbps") or 0 for s in sizes for n in counts] + [1])
         p3 = Panel(0, Panel.H, "Fan-out throughput against target count", "targets (readers)", "MB/s (10^6 bytes/s)",
-                   counts, [str(c) for c in counts], False, ymax)
-        p3.frame()
+                   counts, [str(c) for c in counts], False)
         for i, (s, lab) in enumerate(zip(sizes, labels)):
             p3.series("%s file" % lab, [(n, get(s, "fanout", n, "mbps")) for n in counts],
                       SWEEP_COLORS[i % len(SWEEP_COLORS)], unit=" MB/s")
         panels.append(p3)
         p4 = Panel(Panel.W, Panel.H, "Broadcaster peak RSS against target count", "targets (readers)", "MiB",
-                   counts, [str(c) for c in counts], False,
-                   max([get(s, "fanout", n, "bcast_mib") or 0 for s in sizes for n in counts] + [GOAL_RSS_MIB]))
-        p4.frame()
+                   counts, [str(c) for c in counts], False)
         for i, (s, lab) in enumerate(zip(sizes, labels)):
             p4.series("%s file" % lab, [(n, get(s, "fanout", n, "bcast_mib")) for n in counts],
                       SWEEP_COLORS[i % len(SWEEP_COLORS)], unit=" MiB")
