@@ -22,6 +22,15 @@ pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 3_000;
 pub const DEFAULT_STAGE_TIMEOUT_MS: u64 = 120_000;
 /// How long in-flight uploads may run after SIGTERM.
 pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 30;
+/// Embedded metadata by default.
+pub const DEFAULT_METADATA: &str = "sqlite:./data/meta.db";
+/// Copies of each blob on distinct storage nodes.
+pub const DEFAULT_REPLICATION: usize = 2;
+/// Raw uploads on the ring are cut into chunks of this size: large enough for throughput, small enough that
+/// a chunk in flight per replica stays cheap.
+pub const DEFAULT_RING_CHUNK_SIZE: usize = 4 << 20;
+/// Per-request timeout to storage nodes.
+pub const DEFAULT_NODE_TIMEOUT_MS: u64 = 30_000;
 
 /// Validated broadcaster configuration.
 #[derive(Debug, Clone)]
@@ -48,6 +57,18 @@ pub struct Config {
     pub max_upload_bytes: Option<u64>,
     /// Grace period on shutdown.
     pub shutdown_grace: Duration,
+    /// Where metadata (ring layout, files on the ring, videos) lives.
+    pub metadata: meta::MetaSpec,
+    /// Ring members to seed the layout with when the metadata store has none.
+    pub storage_nodes: Vec<String>,
+    /// Copies of each blob.
+    pub replication: usize,
+    /// Virtual nodes per ring member.
+    pub vnodes: u32,
+    /// Chunk size of raw uploads stored on the ring.
+    pub ring_chunk_size: usize,
+    /// Per-request timeout to storage nodes.
+    pub node_timeout: Duration,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -63,16 +84,22 @@ struct RawConfig {
     min_success: Option<String>,
     max_upload_bytes: Option<String>,
     shutdown_grace_secs: Option<String>,
+    metadata: Option<String>,
+    storage_nodes: Option<String>,
+    replication: Option<String>,
+    vnodes: Option<String>,
+    ring_chunk_size: Option<String>,
+    node_timeout_ms: Option<String>,
 }
 
 impl Config {
     /// Reads the process environment.
     pub fn from_env() -> Result<Self, EnvError> {
-        Self::from_iter(std::env::vars())
+        Self::from_vars(std::env::vars())
     }
 
     /// Reads configuration from `(name, value)` pairs, as if they were the environment.
-    pub fn from_iter<I: IntoIterator<Item = (String, String)>>(vars: I) -> Result<Self, EnvError> {
+    pub fn from_vars<I: IntoIterator<Item = (String, String)>>(vars: I) -> Result<Self, EnvError> {
         let raw: RawConfig = envy::prefixed("BROADCASTER_").from_iter(vars)?;
         Self::try_from(raw)
     }
@@ -120,7 +147,61 @@ impl TryFrom<RawConfig> for Config {
             0,
             u64::MAX,
         )?;
+        let metadata_raw = raw
+            .metadata
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .unwrap_or(DEFAULT_METADATA);
+        let metadata = meta::parse_spec(metadata_raw)
+            .map_err(|e| EnvError::invalid("BROADCASTER_METADATA", metadata_raw, e))?;
+        let nodes_raw = raw.storage_nodes.as_deref().unwrap_or_default();
+        let mut storage_nodes: Vec<String> = Vec::new();
+        for n in nodes_raw
+            .split(';')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            hashring::validate_node(n)
+                .map_err(|e| EnvError::invalid("BROADCASTER_STORAGE_NODES", nodes_raw, e))?;
+            if storage_nodes.iter().any(|x| x == n) {
+                return Err(EnvError::invalid(
+                    "BROADCASTER_STORAGE_NODES",
+                    nodes_raw,
+                    format_args!("{n} is listed twice"),
+                ));
+            }
+            storage_nodes.push(n.to_owned());
+        }
         Ok(Self {
+            metadata,
+            storage_nodes,
+            replication: env::number(
+                "BROADCASTER_REPLICATION",
+                raw.replication.as_deref(),
+                DEFAULT_REPLICATION,
+                1,
+                16,
+            )?,
+            vnodes: env::number(
+                "BROADCASTER_VNODES",
+                raw.vnodes.as_deref(),
+                hashring::DEFAULT_VNODES,
+                1,
+                4096,
+            )?,
+            ring_chunk_size: env::number(
+                "BROADCASTER_RING_CHUNK_SIZE",
+                raw.ring_chunk_size.as_deref(),
+                DEFAULT_RING_CHUNK_SIZE,
+                4096,
+                64 << 20,
+            )?,
+            node_timeout: millis(
+                "BROADCASTER_NODE_TIMEOUT_MS",
+                raw.node_timeout_ms.as_deref(),
+                DEFAULT_NODE_TIMEOUT_MS,
+            )?,
             http_host: env::ip(
                 "BROADCASTER_HTTP_HOST",
                 raw.http_host.as_deref(),
@@ -181,7 +262,7 @@ mod tests {
     use super::*;
 
     fn cfg(pairs: &[(&str, &str)]) -> Result<Config, EnvError> {
-        Config::from_iter(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+        Config::from_vars(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())))
     }
 
     #[test]
@@ -213,6 +294,10 @@ mod tests {
             ("BROADCASTER_HOST_LIST", "ftp://x:1"),
             ("BROADCASTER_MIN_SUCCESS", "5"),
             ("BROADCASTER_STALL_TIMEOUT_MS", "soon"),
+            ("BROADCASTER_METADATA", "mysql:x"),
+            ("BROADCASTER_STORAGE_NODES", "a:1;a:1"),
+            ("BROADCASTER_STORAGE_NODES", "nope"),
+            ("BROADCASTER_REPLICATION", "0"),
         ] {
             let mut pairs = vec![(k, v)];
             if k != "BROADCASTER_HOST_LIST" {

@@ -24,6 +24,8 @@ pub enum BroadcastError {
     NoFileField,
     #[error("internal error")]
     Internal(String),
+    #[error(transparent)]
+    Ring(#[from] crate::ring::RingError),
 }
 
 impl BroadcastError {
@@ -36,13 +38,16 @@ impl BroadcastError {
             | Self::NoFileField => StatusCode::BAD_REQUEST,
             Self::NoTargets => StatusCode::SERVICE_UNAVAILABLE,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Internal(_) | Self::Ring(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
 
 impl IntoResponse for BroadcastError {
     fn into_response(self) -> Response {
+        if let Self::Ring(e) = self {
+            return e.into_response();
+        }
         if let Self::Internal(detail) = &self {
             tracing::error!(%detail, "internal error");
         }

@@ -23,6 +23,7 @@ use tokio::sync::mpsc::error::SendTimeoutError;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::ring::Cluster;
 use crate::summary::{Outcome, Summary, TargetReport, TargetState};
 use crate::target::Target;
 
@@ -58,6 +59,7 @@ pub struct UploadRequest {
 pub struct Engine {
     config: Arc<Config>,
     client: reqwest::Client,
+    cluster: Arc<Cluster>,
 }
 
 /// A message on a target's queue. The stream ends cleanly only on `End`; a queue dropped without it makes
@@ -154,7 +156,7 @@ impl Lane {
 
 impl Engine {
     /// Builds the engine and its HTTP client.
-    pub fn new(config: Arc<Config>) -> Result<Self, reqwest::Error> {
+    pub fn new(config: Arc<Config>, cluster: Arc<Cluster>) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             .tcp_nodelay(true)
@@ -162,7 +164,16 @@ impl Engine {
             .http1_only()
             .pool_idle_timeout(Duration::from_secs(30))
             .build()?;
-        Ok(Self { config, client })
+        Ok(Self {
+            config,
+            client,
+            cluster,
+        })
+    }
+
+    /// The storage ring.
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.cluster
     }
 
     /// The configuration.
@@ -264,7 +275,8 @@ impl Engine {
 
         if failure.is_none() {
             // Phase 2.
-            self.commit_all(&mut lanes, &id).await;
+            self.commit_all(&mut lanes, &id, &req.name, total, &digest)
+                .await;
             let committed = count(&lanes, |s| matches!(s, LaneState::Committed));
             if committed < cfg.min_success {
                 // Commits that did happen cannot be taken back; they hold complete, verified copies.
@@ -305,6 +317,16 @@ impl Engine {
             sent: sent.clone(),
             done: false,
         };
+        if target.is_ring {
+            let task = tokio::spawn(self.cluster.clone().stage_chunks(id.to_owned(), body));
+            return Lane {
+                target: target.clone(),
+                tx: Some(tx),
+                task: Some(task),
+                sent,
+                state: LaneState::Live,
+            };
+        }
         let request = self
             .client
             .put(target.stage_url(id, name))
@@ -373,13 +395,28 @@ impl Engine {
         futures_util::future::join_all(waits).await;
     }
 
-    async fn commit_all(&self, lanes: &mut [Lane], id: &str) {
+    async fn commit_all(
+        &self,
+        lanes: &mut [Lane],
+        id: &str,
+        name: &str,
+        size: u64,
+        digest: &Sha256Digest,
+    ) {
         let timeout = self.config.stage_timeout;
         let client = &self.client;
+        let sha = &hex::encode(digest);
         let commits = lanes
             .iter_mut()
             .filter(|l| matches!(l.state, LaneState::Staged))
             .map(|lane| async move {
+                if lane.target.is_ring {
+                    lane.state = match self.cluster.commit_file(name, id, size, sha).await {
+                        Ok(()) => LaneState::Committed,
+                        Err(e) => LaneState::Failed(format!("commit failed: {e}")),
+                    };
+                    return;
+                }
                 let url = lane.target.commit_url(id);
                 let res = client.post(url).timeout(timeout).send().await;
                 lane.state = match res {
@@ -405,11 +442,15 @@ impl Engine {
                         tracing::warn!(target = %lane.target, "target did not notice the abort in time");
                     }
                 }
-                let _ = client
-                    .delete(lane.target.abort_url(id))
-                    .timeout(ABORT_TIMEOUT)
-                    .send()
-                    .await;
+                if lane.target.is_ring {
+                    self.cluster.delete_chunks(id, ring_chunks(&self.cluster, lane)).await;
+                } else {
+                    let _ = client
+                        .delete(lane.target.abort_url(id))
+                        .timeout(ABORT_TIMEOUT)
+                        .send()
+                        .await;
+                }
                 lane.state = LaneState::Aborted(why.to_owned());
             });
         futures_util::future::join_all(aborts).await;
@@ -430,6 +471,14 @@ impl Engine {
             });
         }
     }
+}
+
+/// Chunks a ring lane may have written: every chunk it received bytes for.
+fn ring_chunks(cluster: &Cluster, lane: &Lane) -> u64 {
+    lane.sent
+        .load(Ordering::Relaxed)
+        .div_ceil(cluster.chunk_size() as u64)
+        + 1
 }
 
 fn live(lanes: &[Lane]) -> usize {

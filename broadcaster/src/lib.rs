@@ -8,12 +8,16 @@
 //! - [`summary`]: the JSON summary each upload answers with.
 //! - [`routes`]: the HTTP surface.
 //! - [`error`]: requests refused at the edge.
+//! - [`ring`]: the storage ring: layout in the metadata store, placement, reads with fallback, migration.
+//! - [`admin`]: ring membership API used by `storage-node admin`.
 //!
 //! [`run`] serves a bound listener until a cancellation token fires; `main.rs` and the tests both call it.
 
+pub mod admin;
 pub mod config;
 pub mod error;
 pub mod fanout;
+pub mod ring;
 pub mod routes;
 pub mod summary;
 pub mod target;
@@ -33,6 +37,10 @@ pub enum RunError {
     Client(#[from] reqwest::Error),
     #[error("server failed: {0}")]
     Io(#[from] std::io::Error),
+    #[error("metadata store: {0}")]
+    Meta(#[from] meta::MetaError),
+    #[error("storage ring: {0}")]
+    Ring(#[from] ring::RingError),
 }
 
 /// Serves until `shutdown` is cancelled; uploads in flight get the configured grace period to finish.
@@ -49,7 +57,18 @@ pub async fn run(
         queue_depth = config.queue_depth,
         "broadcaster configured"
     );
-    let engine = fanout::Engine::new(Arc::new(config))?;
+    let store = meta::open(&config.metadata).await?;
+    let settings = ring::RingSettings {
+        initial_nodes: config.storage_nodes.clone(),
+        replication: config.replication,
+        vnodes: config.vnodes,
+        chunk_size: config.ring_chunk_size,
+        connect_timeout: config.connect_timeout,
+        request_timeout: config.node_timeout,
+    };
+    let cluster = ring::Cluster::open(store, &settings).await?;
+    cluster.spawn_refresh(shutdown.clone());
+    let engine = fanout::Engine::new(Arc::new(config), cluster)?;
     common::server::serve(listener, routes::app(engine), shutdown, grace).await?;
     Ok(())
 }

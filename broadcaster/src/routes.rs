@@ -2,7 +2,7 @@
 
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Multipart, Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -23,6 +23,8 @@ pub fn app(engine: Engine) -> Router {
             put(|| async { BroadcastError::BadName(common::name::NameError::Empty) }),
         )
         .route("/broadcast", post(post_broadcast))
+        .route("/files/{name}", get(get_file).head(get_file))
+        .merge(crate::admin::routes())
         .fallback(not_found)
         // Upload bodies are streamed, never collected, so the whole-body limit is off.
         .layer(DefaultBodyLimit::disable())
@@ -141,4 +143,41 @@ fn respond(ok: StatusCode, summary: Summary, failure: Option<Failure>) -> Respon
         Some(Failure::ClientGone) => StatusCode::BAD_REQUEST,
     };
     (status, Json(summary)).into_response()
+}
+
+/// `GET /files/{name}`: a raw upload stored on the ring, streamed back from live replicas.
+async fn get_file(
+    State(engine): State<Engine>,
+    Path(name): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+) -> Result<Response, BroadcastError> {
+    common::name::validate_name(&name)?;
+    let cluster = engine.cluster().clone();
+    let record = cluster
+        .meta()
+        .get_file(&name)
+        .await
+        .map_err(crate::ring::RingError::from)?;
+    let Some(record) = record else {
+        return Ok(not_found().await);
+    };
+    let etag = format!("\"{}\"", record.sha256);
+    let (status, out, start, count) =
+        match common::serve::prepare(&headers, &etag, record.size, "application/octet-stream") {
+            common::serve::Prepared::Done(resp) => return Ok(*resp),
+            common::serve::Prepared::Send {
+                status,
+                headers,
+                start,
+                count,
+            } => (status, headers, start, count),
+        };
+    if method == Method::HEAD || count == 0 {
+        return Ok((status, out).into_response());
+    }
+    let stream = cluster
+        .read_file(record, start, start + count - 1)
+        .map_err(|e| std::io::Error::other(e.to_string()));
+    Ok((status, out, Body::from_stream(stream)).into_response())
 }

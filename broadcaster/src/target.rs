@@ -9,13 +9,15 @@ const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'~');
 
-/// One destination of the fan-out: a reader (or anything that speaks the stream protocol).
+/// One destination of the fan-out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     /// As the operator wrote it; used in summaries and logs.
     pub label: String,
-    /// Base URL without a trailing slash, e.g. `http://127.0.0.1:8081`.
+    /// Base URL without a trailing slash, e.g. `http://127.0.0.1:8081`; empty for the ring.
     pub base: String,
+    /// Whether this is the storage ring rather than a stream-protocol peer.
+    pub is_ring: bool,
 }
 
 /// Why a host list was refused.
@@ -25,8 +27,6 @@ pub enum TargetError {
     Malformed(String),
     #[error("`{0}` is listed twice")]
     Duplicate(String),
-    #[error("`ring` needs the storage ring, which this build does not have yet")]
-    RingUnsupported,
 }
 
 impl Target {
@@ -35,7 +35,10 @@ impl Target {
         let mut out: Vec<Target> = Vec::new();
         for item in list.split(';').map(str::trim).filter(|s| !s.is_empty()) {
             let t = Self::parse(item)?;
-            if out.iter().any(|o| o.base == t.base) {
+            if out
+                .iter()
+                .any(|o| o.base == t.base && o.is_ring == t.is_ring)
+            {
                 return Err(TargetError::Duplicate(item.to_owned()));
             }
             out.push(t);
@@ -45,7 +48,11 @@ impl Target {
 
     fn parse(item: &str) -> Result<Target, TargetError> {
         if item.eq_ignore_ascii_case("ring") {
-            return Err(TargetError::RingUnsupported);
+            return Ok(Target {
+                label: "ring".to_owned(),
+                base: String::new(),
+                is_ring: true,
+            });
         }
         let malformed = || TargetError::Malformed(item.to_owned());
         let url = if item.contains("://") {
@@ -69,6 +76,7 @@ impl Target {
         Ok(Target {
             label: item.to_owned(),
             base,
+            is_ring: false,
         })
     }
 
@@ -117,10 +125,8 @@ mod tests {
         assert!(Target::parse_list("localhost").is_err());
         assert!(Target::parse_list("h:99999").is_err());
         assert!(Target::parse_list("a:1;a:1").is_err());
-        assert_eq!(
-            Target::parse_list("ring"),
-            Err(TargetError::RingUnsupported)
-        );
+        assert!(Target::parse_list("ring;h:1").expect("ring")[0].is_ring);
+        assert!(Target::parse_list("ring;RING").is_err());
     }
 
     #[test]

@@ -46,33 +46,15 @@ pub async fn serve_file(
         .unwrap_or_default();
     let etag = format!("\"{len:x}-{mtime:x}\"");
 
-    let plan = match plan_range(headers, &etag, len) {
-        Ok(p) => p,
-        Err(resp) => return resp,
+    let (status, out, start, count) = match prepare(headers, &etag, len, content_type) {
+        Prepared::Done(resp) => return *resp,
+        Prepared::Send {
+            status,
+            headers,
+            start,
+            count,
+        } => (status, headers, start, count),
     };
-    let (status, start, count) = match plan {
-        RangePlan::NotModified => {
-            return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
-        }
-        RangePlan::Full => (StatusCode::OK, 0, len),
-        RangePlan::Partial(s, e) => (StatusCode::PARTIAL_CONTENT, s, e - s + 1),
-    };
-
-    let mut out = HeaderMap::new();
-    out.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    out.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
-    if let Ok(v) = HeaderValue::from_str(&etag) {
-        out.insert(header::ETAG, v);
-    }
-    if let Ok(v) = HeaderValue::from_str(content_type) {
-        out.insert(header::CONTENT_TYPE, v);
-    }
-    if status == StatusCode::PARTIAL_CONTENT {
-        if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{len}", start + count - 1))
-        {
-            out.insert(header::CONTENT_RANGE, v);
-        }
-    }
     if method == Method::HEAD {
         return (status, out).into_response();
     }
@@ -86,49 +68,100 @@ pub async fn serve_file(
     (status, out, body).into_response()
 }
 
+/// What to answer to a (possibly conditional, possibly ranged) read of a representation.
+#[derive(Debug)]
+pub enum Prepared {
+    /// Answer this and send no body (304, 416).
+    Done(Box<Response>),
+    /// Send `count` bytes from offset `start` with these status and headers.
+    Send {
+        status: StatusCode,
+        headers: HeaderMap,
+        start: u64,
+        count: u64,
+    },
+}
+
+/// Applies `If-None-Match`, `Range` and `If-Range` to a representation of `len` bytes tagged `etag`
+/// (quoted), and builds the response headers.
+pub fn prepare(headers: &HeaderMap, etag: &str, len: u64, content_type: &str) -> Prepared {
+    let (status, start, count) = match plan_range(headers, etag, len) {
+        RangePlan::NotModified => {
+            let resp =
+                (StatusCode::NOT_MODIFIED, [(header::ETAG, etag.to_owned())]).into_response();
+            return Prepared::Done(Box::new(resp));
+        }
+        RangePlan::Unsatisfiable => {
+            let resp = (
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                [(header::CONTENT_RANGE, format!("bytes */{len}"))],
+            )
+                .into_response();
+            return Prepared::Done(Box::new(resp));
+        }
+        RangePlan::Full => (StatusCode::OK, 0, len),
+        RangePlan::Partial(s, e) => (StatusCode::PARTIAL_CONTENT, s, e - s + 1),
+    };
+    let mut out = HeaderMap::new();
+    out.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    out.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
+    if let Ok(v) = HeaderValue::from_str(etag) {
+        out.insert(header::ETAG, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(content_type) {
+        out.insert(header::CONTENT_TYPE, v);
+    }
+    if status == StatusCode::PARTIAL_CONTENT {
+        if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{len}", start + count - 1))
+        {
+            out.insert(header::CONTENT_RANGE, v);
+        }
+    }
+    Prepared::Send {
+        status,
+        headers: out,
+        start,
+        count,
+    }
+}
+
 enum RangePlan {
     NotModified,
+    Unsatisfiable,
     Full,
     /// Inclusive byte range.
     Partial(u64, u64),
 }
 
-fn plan_range(headers: &HeaderMap, etag: &str, len: u64) -> Result<RangePlan, Response> {
+fn plan_range(headers: &HeaderMap, etag: &str, len: u64) -> RangePlan {
     if let Some(inm) = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
     {
         if inm.split(',').any(|t| t.trim() == etag || t.trim() == "*") {
-            return Ok(RangePlan::NotModified);
+            return RangePlan::NotModified;
         }
     }
     let Some(range) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
-        return Ok(RangePlan::Full);
+        return RangePlan::Full;
     };
     // A stale If-Range means the client's partial copy is of another version: send it all.
     if let Some(if_range) = headers.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) {
         if if_range.trim() != etag {
-            return Ok(RangePlan::Full);
+            return RangePlan::Full;
         }
     }
-    let unsatisfiable = || {
-        (
-            StatusCode::RANGE_NOT_SATISFIABLE,
-            [(header::CONTENT_RANGE, format!("bytes */{len}"))],
-        )
-            .into_response()
-    };
     let ranges = match http_range_header::parse_range_header(range) {
         Ok(parsed) => match parsed.validate(len) {
             Ok(r) => r,
-            Err(_) => return Err(unsatisfiable()),
+            Err(_) => return RangePlan::Unsatisfiable,
         },
         // RFC 9110 §14.2: a Range header that does not parse is ignored.
-        Err(_) => return Ok(RangePlan::Full),
+        Err(_) => return RangePlan::Full,
     };
     match ranges.as_slice() {
-        [one] => Ok(RangePlan::Partial(*one.start(), *one.end())),
+        [one] => RangePlan::Partial(*one.start(), *one.end()),
         // Several ranges would need multipart/byteranges; serving the whole file is allowed instead.
-        _ => Ok(RangePlan::Full),
+        _ => RangePlan::Full,
     }
 }

@@ -61,11 +61,11 @@ struct RawConfig {
 impl Config {
     /// Reads the process environment.
     pub fn from_env() -> Result<Self, EnvError> {
-        Self::from_iter(std::env::vars())
+        Self::from_vars(std::env::vars())
     }
 
     /// Reads configuration from `(name, value)` pairs, as if they were the environment.
-    pub fn from_iter<I: IntoIterator<Item = (String, String)>>(vars: I) -> Result<Self, EnvError> {
+    pub fn from_vars<I: IntoIterator<Item = (String, String)>>(vars: I) -> Result<Self, EnvError> {
         let raw: RawConfig = envy::prefixed("READER_").from_iter(vars)?;
         Self::try_from(raw)
     }
@@ -156,7 +156,7 @@ mod tests {
     use super::*;
 
     fn cfg(pairs: &[(&str, &str)]) -> Result<Config, EnvError> {
-        Config::from_iter(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+        Config::from_vars(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())))
     }
 
     #[test]

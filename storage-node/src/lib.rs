@@ -1,1 +1,51 @@
-//! placeholder
+//! The storage node: a durable blob store on one machine, one member of the storage ring.
+//!
+//! Blobs are keyed `{id}/{file}` (a video id and one of its DASH files, or `raw/{name}` for an upload that
+//! arrived through the broadcaster's stream protocol). Each is written to staging, fsynced, and renamed into
+//! place with its SHA-256 in the same file; every read re-hashes the payload first, so a damaged copy is
+//! reported (500 + `X-Blob-Corrupt: 1`) instead of served, and the caller reads a replica. Placement,
+//! replication and migration are decided elsewhere (the broadcaster, with the `hashring` crate): a node only
+//! stores, serves, lists and deletes what it is told.
+//!
+//! # Layout
+//! - [`config`]: `STORAGE_NODE_*` environment variables, validated.
+//! - [`error`]: the service's error type and its HTTP statuses; the admin CLI's errors.
+//! - [`store`]: the blob store: on-disk format ([`store::format`]), staging writer and publishing
+//!   ([`store::writer`]), put / verified open / delete / list, staged stream-protocol uploads.
+//! - [`serve`]: answering `GET`/`HEAD` for a verified blob (Range, ETag).
+//! - [`routes`]: the HTTP surface (`/v1/blobs`, `/v1/uploads`, `/healthz`).
+//! - [`admin_cli`]: the command line, including `storage-node admin list|add|remove`.
+//!
+//! On disk, under `STORAGE_NODE_DATA_DIR`: `blobs/{id}/{file}` (published) and `staging/` (emptied at start).
+//!
+//! [`run`] serves a bound listener until a cancellation token fires; `main.rs` and the tests both call it.
+
+pub mod admin_cli;
+pub mod config;
+pub mod error;
+pub mod routes;
+pub mod serve;
+pub mod store;
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+pub use error::{AdminError, StoreError};
+pub use store::{BlobInfo, BlobKey, BlobStore};
+
+/// Prepares the data directory (removing staging left by a crash) and serves until `shutdown` is cancelled.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<(), StoreError> {
+    let store = Arc::new(BlobStore::open(&config)?);
+    store.clone().spawn_sweeper(shutdown.clone());
+    let app = routes::app(store);
+    common::server::serve(listener, app, shutdown, config.shutdown_grace)
+        .await
+        .map_err(StoreError::Io)
+}

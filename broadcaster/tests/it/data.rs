@@ -108,11 +108,7 @@ impl TestFile {
             w.flush().expect("flush test data");
         }
         let sha256 = sha256_file(file.path());
-        TestFile {
-            size,
-            sha256,
-            file,
-        }
+        TestFile { size, sha256, file }
     }
 
     pub fn from_bytes(data: &[u8]) -> TestFile {
@@ -307,7 +303,11 @@ pub fn multipart_body(parts: &[Part<'_>]) -> Vec<u8> {
                 .as_bytes(),
             ),
             None => out.extend_from_slice(
-                format!("Content-Disposition: form-data; name=\"{}\"\r\n\r\n", p.name).as_bytes(),
+                format!(
+                    "Content-Disposition: form-data; name=\"{}\"\r\n\r\n",
+                    p.name
+                )
+                .as_bytes(),
             ),
         }
         out.extend_from_slice(p.data);

@@ -8,7 +8,7 @@ use reqwest::StatusCode;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::data::{put_file, put_stream, Framing, StreamOpts, TestFile, KIB, MIB};
+use crate::data::{put_file, Framing, StreamOpts, TestFile, KIB, MIB};
 use crate::harness::{client, dead_port, eventually, Broadcaster, Reader, StallServer};
 use crate::verify::{assert_absent, assert_all_committed, assert_copy, summary};
 
@@ -98,10 +98,7 @@ async fn quorum_missed_with_dead_target_is_502() {
     assert_eq!(s.targets.len(), 3, "{s:#?}");
     let d = s.target(&dead);
     assert_eq!(d.state, "failed", "{s:#?}");
-    assert!(
-        d.error.as_deref().is_some_and(|e| !e.is_empty()),
-        "{s:#?}"
-    );
+    assert!(d.error.as_deref().is_some_and(|e| !e.is_empty()), "{s:#?}");
     for live in [&r0, &r1] {
         assert_eq!(s.target(&live.target()).state, "aborted", "{s:#?}");
     }
@@ -133,7 +130,11 @@ async fn min_success_two_tolerates_dead_target() {
         assert_eq!(t.state, "committed", "{s:#?}");
         assert_eq!(t.bytes, tf.size, "{s:#?}");
         assert_copy(live, name, &tf).await;
-        assert!(live.staging_entries().is_empty(), "{:?}", live.staging_entries());
+        assert!(
+            live.staging_entries().is_empty(),
+            "{:?}",
+            live.staging_entries()
+        );
     }
 }
 

@@ -3,11 +3,13 @@
 use reqwest::StatusCode;
 
 use crate::data::{
-    gen_bytes, multipart_body, multipart_content_type, post_multipart_file, put_file, put_stream, Framing,
-    Part, StreamOpts, TestFile, KIB, MIB,
+    gen_bytes, multipart_body, multipart_content_type, post_multipart_file, put_file, put_stream,
+    Framing, Part, StreamOpts, TestFile, KIB, MIB,
 };
 use crate::harness::{client, raw_request, Cluster, Reader};
-use crate::verify::{assert_absent, assert_all_committed, assert_copy, summary, Summary};
+use crate::verify::{
+    assert_absent, assert_all_committed, assert_copy, assert_staging_empty, summary, Summary,
+};
 
 /// 0 B, 1 B, chunk-1, chunk, chunk+1 and a few multi-chunk sizes, each sized and chunked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -38,14 +40,8 @@ async fn fanout_boundary_sizes_sized_and_chunked() {
             }
         }
     }
-    for r in &cluster.readers {
-        assert!(
-            r.staging_entries().is_empty(),
-            "staging not empty on {} after commits: {:?}",
-            r.target(),
-            r.staging_entries()
-        );
-    }
+    let readers: Vec<&Reader> = cluster.readers.iter().collect();
+    assert_staging_empty(&readers).await;
 }
 
 async fn fanout_large(framing: Framing) {
@@ -135,10 +131,7 @@ async fn multipart_broadcast_and_reader_upload() {
     let resp = post_multipart_file(&http, &reader.url("/upload"), "direct.bin", &tf3.bytes()).await;
     let status = resp.status();
     let text = resp.text().await.unwrap_or_default();
-    assert!(
-        status.is_success(),
-        "reader POST /upload: {status} {text}"
-    );
+    assert!(status.is_success(), "reader POST /upload: {status} {text}");
     assert_copy(reader, "direct.bin", &tf3).await;
     for other in &cluster.readers[1..] {
         assert_absent(&[other], "direct.bin").await;
@@ -173,8 +166,13 @@ async fn multipart_truncated_is_400_and_leaves_nothing() {
 
     // The broadcaster is still fine afterwards.
     let tf = TestFile::from_bytes(&data);
-    let resp = post_multipart_file(&client(), &cluster.bc.url("/broadcast"), "broken.bin", &data)
-        .await;
+    let resp = post_multipart_file(
+        &client(),
+        &cluster.bc.url("/broadcast"),
+        "broken.bin",
+        &data,
+    )
+    .await;
     let s = summary(resp, StatusCode::OK).await;
     assert_all_committed(&s, "broken.bin", &tf, &cluster.targets());
 }

@@ -48,8 +48,16 @@ fn build_binaries() -> Result<PathBuf, String> {
     let dir = profile_dir();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.current_dir(workspace_root())
-        .args(["build", "--bins", "-p", "broadcaster", "-p", "reader"]);
+    cmd.current_dir(workspace_root()).args([
+        "build",
+        "--bins",
+        "-p",
+        "broadcaster",
+        "-p",
+        "reader",
+        "-p",
+        "storage-node",
+    ]);
     match dir.file_name().and_then(|n| n.to_str()) {
         Some("debug") | None => {}
         Some("release") => {
@@ -77,7 +85,7 @@ fn build_binaries() -> Result<PathBuf, String> {
             String::from_utf8_lossy(&out.stderr)
         ));
     }
-    for name in ["broadcaster", "reader"] {
+    for name in ["broadcaster", "reader", "storage-node"] {
         let p = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
         if !p.is_file() {
             return Err(format!("{} missing after cargo build", p.display()));
@@ -102,6 +110,7 @@ pub fn service_command(name: &str) -> Command {
         let k = key.to_string_lossy().to_ascii_uppercase();
         if k.starts_with("BROADCASTER_")
             || k.starts_with("READER_")
+            || k.starts_with("STORAGE_NODE_")
             || k.ends_with("_PROXY")
             || k == "RUST_LOG"
         {
@@ -360,6 +369,8 @@ pub fn run_to_exit(mut cmd: Command, timeout: Duration) -> (Option<ExitStatus>, 
 pub struct Reader {
     pub proc: Proc,
     pub data_dir: PathBuf,
+    // Dropped after `proc` (fields drop in order): the process is gone before its dirs.
+    _cwd: TempDir,
     _tmp: Option<TempDir>,
 }
 
@@ -369,10 +380,7 @@ impl Reader {
     }
 
     pub fn start_with(env: &[(&str, &str)]) -> Reader {
-        let tmp = tempfile::Builder::new()
-            .prefix("distributary-reader-")
-            .tempdir()
-            .expect("tempdir");
+        let tmp = scratch_dir("distributary-reader-");
         let mut r = Self::start_in(tmp.path(), env);
         r._tmp = Some(tmp);
         r
@@ -387,9 +395,12 @@ impl Reader {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        let cwd = scratch_dir("distributary-reader-cwd-");
+        cmd.current_dir(cwd.path());
         Reader {
             proc: Proc::start("reader", cmd),
             data_dir: data_dir.to_path_buf(),
+            _cwd: cwd,
             _tmp: None,
         }
     }
@@ -434,6 +445,14 @@ impl Reader {
     }
 }
 
+/// A fresh temporary directory.
+pub fn scratch_dir(prefix: &str) -> TempDir {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .expect("tempdir")
+}
+
 /// All paths below `dir`, recursively (files and directories). Empty if `dir` is missing.
 pub fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -457,6 +476,9 @@ pub fn walk(dir: &Path) -> Vec<PathBuf> {
 #[derive(Debug)]
 pub struct Broadcaster {
     pub proc: Proc,
+    /// The working directory: whatever the broadcaster keeps under relative default paths
+    /// (e.g. its metadata store) stays private to this process and is removed afterwards.
+    _cwd: TempDir,
 }
 
 impl Broadcaster {
@@ -469,8 +491,11 @@ impl Broadcaster {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        let cwd = scratch_dir("distributary-broadcaster-");
+        cmd.current_dir(cwd.path());
         Broadcaster {
             proc: Proc::start("broadcaster", cmd),
+            _cwd: cwd,
         }
     }
 
@@ -593,18 +618,10 @@ pub fn encode_name(name: &str) -> String {
 #[derive(Debug)]
 pub struct RawResponse {
     pub status: u16,
-    pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
 
 impl RawResponse {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
@@ -645,8 +662,8 @@ pub async fn raw_request(
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     let mut has_len = false;
     for (k, v) in headers {
-        has_len |= k.eq_ignore_ascii_case("content-length")
-            || k.eq_ignore_ascii_case("transfer-encoding");
+        has_len |=
+            k.eq_ignore_ascii_case("content-length") || k.eq_ignore_ascii_case("transfer-encoding");
         head.push_str(&format!("{k}: {v}\r\n"));
     }
     if !has_len && (!body.is_empty() || method == "PUT" || method == "POST") {
@@ -700,11 +717,7 @@ pub async fn raw_request(
     } else {
         raw_body.to_vec()
     };
-    RawResponse {
-        status,
-        headers,
-        body,
-    }
+    RawResponse { status, body }
 }
 
 /// Polls `check` every 50 ms until it returns true or `timeout` passes; returns the last result.

@@ -118,7 +118,9 @@ pub async fn assert_copy(reader: &Reader, name: &str, tf: &TestFile) {
         Some(tf.size),
         "Content-Length of GET {url}"
     );
-    let mut expected = tokio::fs::File::open(tf.path()).await.expect("open test data");
+    let mut expected = tokio::fs::File::open(tf.path())
+        .await
+        .expect("open test data");
     let mut stream = resp.bytes_stream();
     let mut pos: u64 = 0;
     let mut want = Vec::new();
@@ -130,7 +132,10 @@ pub async fn assert_copy(reader: &Reader, name: &str, tf: &TestFile) {
             tf.size
         );
         want.resize(chunk.len(), 0);
-        expected.read_exact(&mut want).await.expect("read test data");
+        expected
+            .read_exact(&mut want)
+            .await
+            .expect("read test data");
         if want[..] != chunk[..] {
             let off = want.iter().zip(chunk.iter()).position(|(a, b)| a != b);
             panic!(

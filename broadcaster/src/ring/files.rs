@@ -1,0 +1,157 @@
+//! Raw uploads on the ring: the stream is cut into fixed-size chunks stored as blobs
+//! `raw.{upload id}/{index:08}` with R replicas. The upload becomes visible only when its [`FileRecord`] is
+//! written to the metadata store (the commit); an abort deletes the chunks. Reading streams the chunks back
+//! in order from whichever replica answers.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use common::protocol::StagedReport;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{Stream, StreamExt};
+use meta::FileRecord;
+use sha2::{Digest, Sha256};
+
+use super::nodes::BlobKey;
+use super::{Cluster, RingError};
+
+/// Chunks being written to the ring at once per upload; with the chunk size this bounds the lane's memory.
+const CHUNKS_IN_FLIGHT: usize = 2;
+
+/// The blob holding chunk `index` of upload `upload_id`.
+pub fn chunk_key(upload_id: &str, index: u64) -> BlobKey {
+    BlobKey::new(format!("raw.{upload_id}"), format!("{index:08}"))
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+impl Cluster {
+    /// Phase 1 for the ring: stores every chunk of the stream with R replicas.
+    pub async fn stage_chunks<S>(
+        self: Arc<Self>,
+        upload_id: String,
+        chunks: S,
+    ) -> Result<StagedReport, String>
+    where
+        S: Stream<Item = std::io::Result<Bytes>>,
+    {
+        let chunk_size = self.chunk_size;
+        let mut buf = BytesMut::with_capacity(chunk_size);
+        let mut hasher = Sha256::new();
+        let mut total = 0u64;
+        let mut index = 0u64;
+        let mut in_flight = FuturesUnordered::new();
+        futures_util::pin_mut!(chunks);
+        let put = |data: Bytes, index: u64| {
+            let me = self.clone();
+            let key = chunk_key(&upload_id, index);
+            async move {
+                me.put_blob(&key, data)
+                    .await
+                    .map_err(|e| format!("chunk {index}: {e}"))
+            }
+        };
+        while let Some(piece) = chunks.next().await {
+            let piece = piece.map_err(|e| e.to_string())?;
+            hasher.update(&piece);
+            total += piece.len() as u64;
+            let mut rest = &piece[..];
+            while !rest.is_empty() {
+                let take = rest.len().min(chunk_size - buf.len());
+                buf.extend_from_slice(&rest[..take]);
+                rest = &rest[take..];
+                if buf.len() == chunk_size {
+                    let data =
+                        std::mem::replace(&mut buf, BytesMut::with_capacity(chunk_size)).freeze();
+                    in_flight.push(put(data, index));
+                    index += 1;
+                    while in_flight.len() >= CHUNKS_IN_FLIGHT {
+                        if let Some(r) = in_flight.next().await {
+                            r?;
+                        }
+                    }
+                }
+            }
+        }
+        if !buf.is_empty() {
+            in_flight.push(put(buf.freeze(), index));
+        }
+        while let Some(r) = in_flight.next().await {
+            r?;
+        }
+        Ok(StagedReport {
+            bytes: total,
+            sha256: hex::encode(hasher.finalize()),
+        })
+    }
+
+    /// Phase 2 for the ring: publishes the upload by writing its record; the chunks of a version it replaces
+    /// are deleted afterwards.
+    pub async fn commit_file(
+        self: &Arc<Self>,
+        name: &str,
+        upload_id: &str,
+        size: u64,
+        sha256: &str,
+    ) -> Result<(), RingError> {
+        let chunk_size = self.chunk_size as u64;
+        let record = FileRecord {
+            name: name.to_owned(),
+            size,
+            sha256: sha256.to_owned(),
+            chunk_size,
+            chunks: size.div_ceil(chunk_size),
+            upload_id: upload_id.to_owned(),
+            created_unix_ms: now_ms(),
+        };
+        if let Some(old) = self.meta.put_file(&record).await? {
+            if old.upload_id != upload_id {
+                let me = self.clone();
+                tokio::spawn(async move { me.delete_chunks(&old.upload_id, old.chunks).await });
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes chunks `0..count` of an upload (an abort, or a replaced version).
+    pub async fn delete_chunks(&self, upload_id: &str, count: u64) {
+        futures_util::stream::iter(0..count)
+            .map(|i| async move { self.delete_blob(&chunk_key(upload_id, i)).await })
+            .buffer_unordered(8)
+            .collect::<Vec<()>>()
+            .await;
+    }
+
+    /// Streams bytes `start..=end` of a raw upload, chunk by chunk, each from the first replica that answers.
+    pub fn read_file(
+        self: Arc<Self>,
+        record: FileRecord,
+        start: u64,
+        end: u64,
+    ) -> impl Stream<Item = Result<Bytes, RingError>> {
+        let cs = record.chunk_size.max(1);
+        let first = start / cs;
+        let last = end / cs;
+        futures_util::stream::iter(first..=last)
+            .map(move |i| {
+                let me = self.clone();
+                let upload_id = record.upload_id.clone();
+                async move {
+                    let chunk_start = i * cs;
+                    let a = start.max(chunk_start) - chunk_start;
+                    let b = end.min(chunk_start + cs - 1) - chunk_start;
+                    let whole = a == 0 && b == cs - 1;
+                    let range = (!whole).then_some((a, b));
+                    me.get_blob(&chunk_key(&upload_id, i), range).await
+                }
+            })
+            // One chunk ahead, so the next replica round trip overlaps sending this one.
+            .buffered(2)
+    }
+}

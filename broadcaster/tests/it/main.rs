@@ -1,0 +1,16 @@
+//! End-to-end tests: real `broadcaster` and `reader` processes on loopback.
+//!
+//! The binaries are built once per test process (`cargo build --bins -p broadcaster -p reader`)
+//! and started with port 0; see `harness.rs`. Contract: README.md.
+
+#![allow(clippy::unwrap_used)]
+
+mod data;
+mod failures;
+mod fanout;
+mod harness;
+mod lifecycle;
+mod reader;
+mod ring;
+mod validation;
+mod verify;

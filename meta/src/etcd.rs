@@ -1,0 +1,416 @@
+//! The highly available backend: an etcd (v3 API, 3.4 or newer) cluster.
+//!
+//! Each record is one key holding its JSON. Atomicity comes from etcd transactions:
+//! create-if-absent compares the key's `create_revision` with 0 (the key does not exist), and
+//! the layout compare-and-swap compares the layout key's `mod_revision` with the one it read,
+//! so two broadcasters racing on either are ordered by the cluster and exactly one wins.
+//!
+//! Every operation is bounded by [`EtcdOptions::request_timeout`]: without a quorum etcd accepts
+//! a request and never answers, and a metadata call that hangs would hang an upload with it.
+//! Within that bound an operation is retried, each attempt bounded by
+//! [`EtcdOptions::attempt_timeout`], because losing a member is not an error to a user: the
+//! request may have gone to the dead member, or to a follower whose leader just died (etcd
+//! drops such proposals silently), and a second attempt after the re-election succeeds.
+//! Only APIs present in etcd 3.4 are used (KV range, put, delete-range, txn).
+
+use std::future::Future;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KvClient, PutOptions,
+    Txn, TxnOp, TxnOpResponse, TxnResponse,
+};
+use tokio::time::Instant;
+
+use crate::record::{from_json, previous_file, sort_files, sort_videos, to_json};
+use crate::{FileRecord, MetaError, MetaStore, RingLayout, VideoRecord};
+
+/// How long connecting to an endpoint may take before it counts as down.
+pub const DEFAULT_ETCD_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long one metadata operation, retries included, may take before it fails with
+/// [`MetaError::Unavailable`].
+pub const DEFAULT_ETCD_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one attempt may take before it is retried. Longer than a healthy cluster ever needs
+/// (milliseconds), shorter than a leader election after a crash (1-2 s with etcd's defaults) plus
+/// a retry, so a member loss costs one retry, not the whole operation.
+pub const DEFAULT_ETCD_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// Pause before the first retry; doubled up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_millis(400);
+
+/// Every key lives under this prefix; `v1` is the record format, bumped by an incompatible change.
+pub const ETCD_PREFIX: &str = "/distributary/v1/";
+
+/// Connection settings for [`EtcdStore::connect`].
+#[derive(Debug, Clone)]
+pub struct EtcdOptions {
+    /// Per-endpoint connect timeout.
+    pub connect_timeout: Duration,
+    /// Upper bound on each operation, retries included.
+    pub request_timeout: Duration,
+    /// Upper bound on one attempt of an operation.
+    pub attempt_timeout: Duration,
+}
+
+impl Default for EtcdOptions {
+    fn default() -> Self {
+        EtcdOptions {
+            connect_timeout: DEFAULT_ETCD_CONNECT_TIMEOUT,
+            request_timeout: DEFAULT_ETCD_REQUEST_TIMEOUT,
+            attempt_timeout: DEFAULT_ETCD_ATTEMPT_TIMEOUT,
+        }
+    }
+}
+
+/// [`MetaStore`] on an etcd cluster.
+#[derive(Clone)]
+pub struct EtcdStore {
+    /// Balances requests over all endpoints; with the retries in [`EtcdStore::run`], losing a
+    /// minority of members is invisible to callers.
+    client: Client,
+    endpoints: Vec<String>,
+    options: EtcdOptions,
+}
+
+impl std::fmt::Debug for EtcdStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdStore")
+            .field("endpoints", &self.endpoints)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+fn layout_key() -> String {
+    format!("{ETCD_PREFIX}layout")
+}
+fn videos_prefix() -> String {
+    format!("{ETCD_PREFIX}videos/")
+}
+fn files_prefix() -> String {
+    format!("{ETCD_PREFIX}files/")
+}
+fn video_key(id: &str) -> String {
+    format!("{}{id}", videos_prefix())
+}
+fn file_key(name: &str) -> String {
+    format!("{}{name}", files_prefix())
+}
+
+impl EtcdStore {
+    /// Connects to the cluster and checks that a quorum answers, so a wrong address or a dead
+    /// cluster is reported at start rather than at the first upload.
+    pub async fn connect(endpoints: &[String], options: EtcdOptions) -> Result<Self, MetaError> {
+        if endpoints.is_empty() {
+            return Err(MetaError::Config("no etcd endpoints".into()));
+        }
+        let connect = ConnectOptions::new()
+            .with_connect_timeout(options.connect_timeout)
+            .with_timeout(options.attempt_timeout)
+            // A member cut off from the leader then fails fast ("no leader") instead of
+            // holding the request until the attempt times out.
+            .with_require_leader(true)
+            // Notices a silently dead connection (no RST) between requests.
+            .with_keep_alive(Duration::from_secs(5), options.connect_timeout);
+        let client = tokio::time::timeout(
+            options.connect_timeout + options.request_timeout,
+            Client::connect(endpoints, Some(connect)),
+        )
+        .await
+        .map_err(|_| unavailable("connect", endpoints, "no answer in time"))?
+        .map_err(|e| unavailable("connect", endpoints, &e.to_string()))?;
+        let store = EtcdStore {
+            client,
+            endpoints: endpoints.to_vec(),
+            options,
+        };
+        store.health().await?;
+        Ok(store)
+    }
+
+    /// The endpoints given at connect.
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    /// Runs one KV operation, retrying failed or slow attempts until the request timeout.
+    ///
+    /// `op` gets the attempt number (0 first), so non-idempotent operations can recognise on a
+    /// retry that an earlier attempt did take effect and only its answer was lost.
+    ///
+    /// Every error etcd or the transport returns means "the cluster did not do it (or did not
+    /// say so)": no quorum, no leader, connection refused, deadline. This module builds no
+    /// malformed requests, so none of them is the caller's fault and all end as `Unavailable`.
+    async fn run<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T, MetaError>
+    where
+        F: FnMut(KvClient, u32) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let deadline = Instant::now() + self.options.request_timeout;
+        let mut backoff = FIRST_BACKOFF;
+        let mut attempt = 0;
+        loop {
+            let budget = deadline
+                .saturating_duration_since(Instant::now())
+                .min(self.options.attempt_timeout);
+            let last =
+                match tokio::time::timeout(budget, op(self.client.kv_client(), attempt)).await {
+                    Ok(Ok(v)) => return Ok(v),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => format!("no answer within {budget:?}"),
+                };
+            attempt += 1;
+            if Instant::now() + backoff >= deadline {
+                return Err(unavailable(
+                    what,
+                    &self.endpoints,
+                    &format!("{last} (after {attempt} attempts; is a quorum of members up?)"),
+                ));
+            }
+            tracing::debug!(what, attempt, error = %last, "etcd attempt failed, retrying");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// Runs `txn` (whose `or_else` must read `key`); `Ok(true)` if its comparison held.
+    ///
+    /// A retried transaction whose comparison fails while `key` holds exactly `ours` is our
+    /// own earlier attempt having committed, so it counts as success. On a first attempt the
+    /// same sight is another writer's record and the comparison's failure stands.
+    async fn txn_once(&self, what: &str, txn: Txn, ours: &[u8]) -> Result<bool, MetaError> {
+        let resp = self
+            .run(what, |mut kv, attempt| {
+                let txn = txn.clone();
+                async move { kv.txn(txn).await.map(|r| (r, attempt)) }
+            })
+            .await?;
+        let (resp, attempt) = resp;
+        if resp.succeeded() {
+            return Ok(true);
+        }
+        Ok(attempt > 0 && txn_read_value(&resp).as_deref() == Some(ours))
+    }
+
+    /// Puts `json` at `key` only if the key does not exist.
+    async fn create(&self, what: &str, key: String, json: Vec<u8>) -> Result<(), MetaError> {
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key.clone(), json.clone(), None)])
+            .or_else([TxnOp::get(key, None)]);
+        if self.txn_once(what, txn, &json).await? {
+            Ok(())
+        } else {
+            Err(MetaError::AlreadyExists)
+        }
+    }
+
+    async fn get_one(&self, what: &str, key: String) -> Result<Option<Vec<u8>>, MetaError> {
+        let mut resp = self
+            .run(what, |mut kv, _| {
+                let key = key.clone();
+                async move { kv.get(key, None).await }
+            })
+            .await?;
+        Ok(resp
+            .take_kvs()
+            .into_iter()
+            .next()
+            .map(|kv| kv.into_key_value().1))
+    }
+
+    async fn list<T>(&self, what: &str, prefix: String) -> Result<Vec<T>, MetaError>
+    where
+        T: for<'de> serde::Deserialize<'de>,
+    {
+        let strip = prefix.len();
+        let mut resp = self
+            .run(what, |mut kv, _| {
+                let prefix = prefix.clone();
+                async move { kv.get(prefix, Some(GetOptions::new().with_prefix())).await }
+            })
+            .await?;
+        resp.take_kvs()
+            .into_iter()
+            .map(|kv| {
+                let (key, value) = kv.into_key_value();
+                let name = String::from_utf8_lossy(&key[strip.min(key.len())..]).into_owned();
+                from_json(what, &name, &value)
+            })
+            .collect()
+    }
+}
+
+/// The value read by a transaction's single `get` in its `or_else` branch.
+fn txn_read_value(resp: &TxnResponse) -> Option<Vec<u8>> {
+    resp.op_responses().into_iter().find_map(|r| match r {
+        TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.value().to_vec()),
+        _ => None,
+    })
+}
+
+fn unavailable(what: &str, endpoints: &[String], why: &str) -> MetaError {
+    MetaError::Unavailable(format!("etcd {what} via {}: {why}", endpoints.join(",")))
+}
+
+#[async_trait]
+impl MetaStore for EtcdStore {
+    async fn get_layout(&self) -> Result<Option<RingLayout>, MetaError> {
+        self.get_one("get layout", layout_key())
+            .await?
+            .map(|v| from_json("layout", "layout", &v))
+            .transpose()
+    }
+
+    async fn put_layout(
+        &self,
+        expected_version: Option<u64>,
+        layout: &RingLayout,
+    ) -> Result<(), MetaError> {
+        let key = layout_key();
+        let json = to_json(layout);
+        let compare = match expected_version {
+            None => Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+            Some(expected) => {
+                let mut resp = self
+                    .run("read layout", |mut kv, _| {
+                        let key = key.clone();
+                        async move { kv.get(key, None).await }
+                    })
+                    .await?;
+                let Some(current) = resp.take_kvs().into_iter().next() else {
+                    return Err(MetaError::Conflict);
+                };
+                let stored: RingLayout = from_json("layout", "layout", current.value())?;
+                if stored.version != expected {
+                    return Err(MetaError::Conflict);
+                }
+                // The version matched at this revision; the write succeeds only if nobody
+                // wrote the key since, which makes read + write one compare-and-swap.
+                Compare::mod_revision(key.clone(), CompareOp::Equal, current.mod_revision())
+            }
+        };
+        let txn = Txn::new()
+            .when([compare])
+            .and_then([TxnOp::put(key.clone(), json.clone(), None)])
+            .or_else([TxnOp::get(key, None)]);
+        if self.txn_once("put layout", txn, &json).await? {
+            Ok(())
+        } else {
+            Err(MetaError::Conflict)
+        }
+    }
+
+    async fn create_video(&self, video: &VideoRecord) -> Result<(), MetaError> {
+        self.create("create video", video_key(&video.id), to_json(video))
+            .await
+    }
+
+    async fn put_video(&self, video: &VideoRecord) -> Result<(), MetaError> {
+        let (key, json) = (video_key(&video.id), to_json(video));
+        self.run("put video", |mut kv, _| {
+            let (key, json) = (key.clone(), json.clone());
+            async move { kv.put(key, json, None).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn get_video(&self, id: &str) -> Result<Option<VideoRecord>, MetaError> {
+        self.get_one("get video", video_key(id))
+            .await?
+            .map(|v| from_json("video", id, &v))
+            .transpose()
+    }
+
+    async fn list_videos(&self) -> Result<Vec<VideoRecord>, MetaError> {
+        let mut videos = self.list("video", videos_prefix()).await?;
+        sort_videos(&mut videos);
+        Ok(videos)
+    }
+
+    async fn delete_video(&self, id: &str) -> Result<bool, MetaError> {
+        // A retry after a lost answer reports `false` for a video the first attempt deleted;
+        // the video is gone either way, which is what the caller asked for.
+        let key = video_key(id);
+        let resp = self
+            .run("delete video", |mut kv, _| {
+                let key = key.clone();
+                async move { kv.delete(key, None).await }
+            })
+            .await?;
+        Ok(resp.deleted() > 0)
+    }
+
+    async fn put_file(&self, file: &FileRecord) -> Result<Option<FileRecord>, MetaError> {
+        let (key, json) = (file_key(&file.name), to_json(file));
+        // prev_kv returns the replaced value from the same atomic put, so no other writer can
+        // slip in between reading the old record and replacing it.
+        let mut resp = self
+            .run("put file", |mut kv, _| {
+                let (key, json) = (key.clone(), json.clone());
+                async move {
+                    kv.put(key, json, Some(PutOptions::new().with_prev_key()))
+                        .await
+                }
+            })
+            .await?;
+        Ok(resp
+            .take_prev_key()
+            // Re-putting the identical record replaced nothing the caller should clean up; this
+            // is also what a retry sees when its first attempt landed.
+            .filter(|kv| kv.value() != json.as_slice())
+            .and_then(|kv| previous_file(&file.name, kv.value())))
+    }
+
+    async fn create_file(&self, file: &FileRecord) -> Result<(), MetaError> {
+        self.create("create file", file_key(&file.name), to_json(file))
+            .await
+    }
+
+    async fn get_file(&self, name: &str) -> Result<Option<FileRecord>, MetaError> {
+        self.get_one("get file", file_key(name))
+            .await?
+            .map(|v| from_json("file", name, &v))
+            .transpose()
+    }
+
+    async fn list_files(&self) -> Result<Vec<FileRecord>, MetaError> {
+        let mut files = self.list("file", files_prefix()).await?;
+        sort_files(&mut files);
+        Ok(files)
+    }
+
+    async fn delete_file(&self, name: &str) -> Result<Option<FileRecord>, MetaError> {
+        // As with videos, a retry after a lost answer returns `None`; the record is gone.
+        let key = file_key(name);
+        let mut resp = self
+            .run("delete file", |mut kv, _| {
+                let key = key.clone();
+                async move {
+                    kv.delete(key, Some(DeleteOptions::new().with_prev_key()))
+                        .await
+                }
+            })
+            .await?;
+        Ok(resp
+            .take_prev_kvs()
+            .into_iter()
+            .next()
+            .and_then(|kv| previous_file(name, kv.value())))
+    }
+
+    async fn health(&self) -> Result<(), MetaError> {
+        // A linearizable read goes through the leader's read index, so it succeeds only while
+        // a quorum is up: exactly the condition under which writes work.
+        let key = layout_key();
+        self.run("health check", |mut kv, _| {
+            let key = key.clone();
+            async move { kv.get(key, Some(GetOptions::new().with_count_only())).await }
+        })
+        .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,58 @@
+//! The trait both backends implement.
+
+use async_trait::async_trait;
+
+use crate::{FileRecord, MetaError, RingLayout, VideoRecord};
+
+/// The broadcaster's metadata: the ring layout, videos and raw uploads on the ring.
+///
+/// Every write that can race between broadcasters is either a create-if-absent
+/// ([`MetaError::AlreadyExists`]) or a compare-and-swap ([`MetaError::Conflict`]); plain
+/// replacements (`put_*`) are for records a single request owns once it created them.
+#[async_trait]
+pub trait MetaStore: Send + Sync + std::fmt::Debug {
+    /// The stored ring layout, `None` before the first one is written.
+    async fn get_layout(&self) -> Result<Option<RingLayout>, MetaError>;
+
+    /// Stores `layout` if the stored layout's version is `expected_version` (`None`: no layout
+    /// stored yet). Otherwise [`MetaError::Conflict`] and nothing changes.
+    async fn put_layout(
+        &self,
+        expected_version: Option<u64>,
+        layout: &RingLayout,
+    ) -> Result<(), MetaError>;
+
+    /// Stores a new video; [`MetaError::AlreadyExists`] if the id is taken.
+    async fn create_video(&self, video: &VideoRecord) -> Result<(), MetaError>;
+
+    /// Stores `video`, replacing any record with the same id (creating it if absent).
+    async fn put_video(&self, video: &VideoRecord) -> Result<(), MetaError>;
+
+    /// The video with this id.
+    async fn get_video(&self, id: &str) -> Result<Option<VideoRecord>, MetaError>;
+
+    /// All videos, newest first (`created_unix_ms` descending), then by id.
+    async fn list_videos(&self) -> Result<Vec<VideoRecord>, MetaError>;
+
+    /// Deletes the video; whether it existed.
+    async fn delete_video(&self, id: &str) -> Result<bool, MetaError>;
+
+    /// Stores `file`, replacing any record with the same name; returns the replaced record so the
+    /// caller can delete its chunks (`None` if there was none, or it was identical to `file`).
+    async fn put_file(&self, file: &FileRecord) -> Result<Option<FileRecord>, MetaError>;
+
+    /// Stores a new file record; [`MetaError::AlreadyExists`] if the name is taken.
+    async fn create_file(&self, file: &FileRecord) -> Result<(), MetaError>;
+
+    /// The file record with this name.
+    async fn get_file(&self, name: &str) -> Result<Option<FileRecord>, MetaError>;
+
+    /// All file records, by name.
+    async fn list_files(&self) -> Result<Vec<FileRecord>, MetaError>;
+
+    /// Deletes the file record; returns it if it existed.
+    async fn delete_file(&self, name: &str) -> Result<Option<FileRecord>, MetaError>;
+
+    /// Whether the store answers now (for etcd: a quorum read succeeds).
+    async fn health(&self) -> Result<(), MetaError>;
+}

@@ -1,0 +1,360 @@
+//! One behaviour suite, run against each backend: whatever the broadcaster relies on must hold
+//! for SQLite and etcd alike.
+
+use std::sync::Arc;
+
+use meta::{FileRecord, MetaError, MetaStore, RingLayout, SqliteStore, VideoRecord};
+
+use crate::etcd_cluster::{fast_options, EtcdCluster};
+
+pub fn layout(version: u64, nodes: &[&str]) -> RingLayout {
+    RingLayout {
+        version,
+        nodes: nodes.iter().map(|n| n.to_string()).collect(),
+        vnodes: 64,
+        replication: 2,
+    }
+}
+
+pub fn video(id: &str, created_unix_ms: u64) -> VideoRecord {
+    VideoRecord {
+        id: id.into(),
+        status: VideoRecord::PROCESSING.into(),
+        created_unix_ms,
+        duration_ms: None,
+        files: vec![],
+        error: None,
+    }
+}
+
+pub fn file(name: &str, upload_id: &str) -> FileRecord {
+    FileRecord {
+        name: name.into(),
+        size: 1_000_000,
+        sha256: "ab".repeat(32),
+        chunk_size: 262_144,
+        chunks: 4,
+        upload_id: upload_id.into(),
+        created_unix_ms: 1_700_000_000_000,
+    }
+}
+
+/// Asserts the error variant, printing what came instead.
+macro_rules! assert_err {
+    ($result:expr, $pattern:pat) => {
+        match $result {
+            Err($pattern) => {}
+            other => panic!("expected {}, got {other:?}", stringify!($pattern)),
+        }
+    };
+}
+pub(crate) use assert_err;
+
+async fn layout_cas(store: &Arc<dyn MetaStore>) {
+    assert_eq!(store.get_layout().await.expect("get layout"), None);
+    // Nothing stored yet: only "must not exist" may write.
+    assert_err!(
+        store.put_layout(Some(1), &layout(2, &["a:1"])).await,
+        MetaError::Conflict
+    );
+    store
+        .put_layout(None, &layout(1, &["a:1", "b:1"]))
+        .await
+        .expect("first layout");
+    assert_err!(
+        store.put_layout(None, &layout(1, &["z:1"])).await,
+        MetaError::Conflict
+    );
+    store
+        .put_layout(Some(1), &layout(2, &["a:1", "b:1", "c:1"]))
+        .await
+        .expect("CAS 1 -> 2");
+    // A writer still holding version 1 loses.
+    assert_err!(
+        store.put_layout(Some(1), &layout(2, &["x:1"])).await,
+        MetaError::Conflict
+    );
+    assert_eq!(
+        store.get_layout().await.expect("get layout"),
+        Some(layout(2, &["a:1", "b:1", "c:1"]))
+    );
+
+    // Eight broadcasters race from version 2: exactly one wins.
+    let racers: Vec<_> = (0..8)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let node = format!("racer{i}:1");
+                let l = layout(3, &["a:1", "b:1", "c:1", &node]);
+                (store.put_layout(Some(2), &l).await, l)
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for r in racers {
+        match r.await.expect("racer task") {
+            (Ok(()), l) => winners.push(l),
+            (Err(MetaError::Conflict), _) => {}
+            (Err(e), _) => panic!("racer failed with {e:?}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one CAS wins");
+    assert_eq!(
+        store.get_layout().await.expect("get"),
+        Some(winners[0].clone())
+    );
+}
+
+async fn videos(store: &Arc<dyn MetaStore>) {
+    assert_eq!(store.list_videos().await.expect("list"), vec![]);
+    for (id, t) in [("a", 100), ("b", 300), ("c", 200), ("d", 300)] {
+        store
+            .create_video(&video(id, t))
+            .await
+            .expect("create video");
+    }
+    let mut dup = video("a", 999);
+    dup.status = VideoRecord::READY.into();
+    assert_err!(store.create_video(&dup).await, MetaError::AlreadyExists);
+    assert_eq!(
+        store.get_video("a").await.expect("get"),
+        Some(video("a", 100)),
+        "a refused create must not overwrite"
+    );
+
+    let ids: Vec<String> = store
+        .list_videos()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|v| v.id)
+        .collect();
+    assert_eq!(ids, ["b", "d", "c", "a"], "newest first, ties by id");
+
+    let mut ready = video("a", 100);
+    ready.status = VideoRecord::READY.into();
+    ready.duration_ms = Some(61_000);
+    ready.files = vec!["manifest.mpd".into(), "init-0.m4s".into()];
+    store.put_video(&ready).await.expect("put video");
+    assert_eq!(store.get_video("a").await.expect("get"), Some(ready));
+    // put creates a missing record too.
+    store.put_video(&video("e f.ü", 50)).await.expect("put new");
+    assert_eq!(
+        store
+            .get_video("e f.ü")
+            .await
+            .expect("get")
+            .map(|v| v.created_unix_ms),
+        Some(50)
+    );
+    assert_eq!(store.get_video("nope").await.expect("get"), None);
+
+    assert!(store.delete_video("c").await.expect("delete"));
+    assert!(!store.delete_video("c").await.expect("delete again"));
+    assert_eq!(store.get_video("c").await.expect("get"), None);
+
+    // Concurrent uploads of the same id: one creates, the others are told it is taken.
+    let racers: Vec<_> = (0..8u64)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let v = video("race", 1000 + i);
+                (store.create_video(&v).await, v)
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for r in racers {
+        match r.await.expect("racer task") {
+            (Ok(()), v) => winners.push(v),
+            (Err(MetaError::AlreadyExists), _) => {}
+            (Err(e), _) => panic!("racer failed with {e:?}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one create wins");
+    assert_eq!(
+        store.get_video("race").await.expect("get"),
+        Some(winners[0].clone())
+    );
+}
+
+async fn files(store: &Arc<dyn MetaStore>) {
+    store.create_file(&file("f1", "u1")).await.expect("create");
+    assert_err!(
+        store.create_file(&file("f1", "u2")).await,
+        MetaError::AlreadyExists
+    );
+    assert_eq!(
+        store.get_file("f1").await.expect("get"),
+        Some(file("f1", "u1"))
+    );
+
+    // Replacing returns the old record, whose chunks the caller deletes.
+    assert_eq!(
+        store.put_file(&file("f1", "u2")).await.expect("put"),
+        Some(file("f1", "u1"))
+    );
+    assert_eq!(
+        store.put_file(&file("f0", "u3")).await.expect("put new"),
+        None
+    );
+    assert_eq!(
+        store
+            .put_file(&file("f0", "u3"))
+            .await
+            .expect("put identical"),
+        None,
+        "an identical record replaced nothing to clean up"
+    );
+    let names: Vec<String> = store
+        .list_files()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|f| f.name)
+        .collect();
+    assert_eq!(names, ["f0", "f1"]);
+
+    assert_eq!(
+        store.delete_file("f0").await.expect("delete"),
+        Some(file("f0", "u3"))
+    );
+    assert_eq!(store.delete_file("f0").await.expect("delete again"), None);
+    assert_eq!(store.get_file("f0").await.expect("get"), None);
+    store
+        .create_file(&file("f0", "u4"))
+        .await
+        .expect("re-create after delete");
+}
+
+/// The state `exercise` leaves behind, compared after reopening.
+async fn snapshot(
+    store: &Arc<dyn MetaStore>,
+) -> (Option<RingLayout>, Vec<VideoRecord>, Vec<FileRecord>) {
+    (
+        store.get_layout().await.expect("layout"),
+        store.list_videos().await.expect("videos"),
+        store.list_files().await.expect("files"),
+    )
+}
+
+/// Runs the whole suite on a fresh, empty store.
+async fn exercise(store: &Arc<dyn MetaStore>) {
+    store.health().await.expect("health");
+    layout_cas(store).await;
+    videos(store).await;
+    files(store).await;
+}
+
+#[tokio::test]
+async fn sqlite_behaviour_and_reopen() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // A nested path: open creates the directory.
+    let path = dir.path().join("nested/dir/meta.db");
+    let spec = meta::parse_spec(&format!("sqlite:{}", path.display())).expect("spec");
+    let store = meta::open(&spec).await.expect("open sqlite");
+    exercise(&store).await;
+    let before = snapshot(&store).await;
+    drop(store);
+
+    let reopened = meta::open(&spec).await.expect("reopen sqlite");
+    assert_eq!(snapshot(&reopened).await, before, "everything persisted");
+    assert_eq!(
+        reopened
+            .get_layout()
+            .await
+            .expect("layout")
+            .map(|l| l.version),
+        Some(3)
+    );
+}
+
+#[tokio::test]
+async fn sqlite_two_handles_on_one_file_race_safely() {
+    // Two stores on one file stand for two processes: the atomicity comes from SQLite, not
+    // from the in-process mutex.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("meta.db");
+    let a: Arc<dyn MetaStore> = Arc::new(SqliteStore::open(&path).await.expect("open a"));
+    let b: Arc<dyn MetaStore> = Arc::new(SqliteStore::open(&path).await.expect("open b"));
+    a.put_layout(None, &layout(1, &["n:1"]))
+        .await
+        .expect("first layout");
+    let tasks: Vec<_> = (0..10u64)
+        .map(|i| {
+            let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tokio::spawn(async move {
+                let cas = s
+                    .put_layout(Some(1), &layout(2, &["n:1", &format!("m{i}:1")]))
+                    .await;
+                let create = s.create_video(&video("same", i)).await;
+                (cas.is_ok(), create.is_ok())
+            })
+        })
+        .collect();
+    let (mut cas_wins, mut create_wins) = (0, 0);
+    for t in tasks {
+        let (c, v) = t.await.expect("task");
+        cas_wins += usize::from(c);
+        create_wins += usize::from(v);
+    }
+    assert_eq!((cas_wins, create_wins), (1, 1));
+}
+
+#[tokio::test]
+async fn sqlite_reports_corrupt_records_and_newer_schemas() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("meta.db");
+    let store = SqliteStore::open(&path).await.expect("open");
+    store.create_video(&video("v", 1)).await.expect("create");
+    drop(store);
+
+    let conn = rusqlite::Connection::open(&path).expect("raw open");
+    conn.execute("UPDATE videos SET json = '{not json' WHERE id = 'v'", [])
+        .expect("corrupt the record");
+    let store = SqliteStore::open(&path).await.expect("reopen");
+    assert_err!(store.get_video("v").await, MetaError::Corrupt(_));
+    assert_err!(store.list_videos().await, MetaError::Corrupt(_));
+    drop(store);
+
+    conn.execute("UPDATE schema_version SET version = 99", [])
+        .expect("pretend a newer build wrote the file");
+    match SqliteStore::open(&path).await {
+        Err(MetaError::Config(msg)) => assert!(msg.contains("99"), "{msg}"),
+        other => panic!("expected a schema error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn etcd_behaviour_and_reconnect() {
+    let mut cluster = EtcdCluster::start().await;
+    let spec = meta::parse_spec(&format!("etcd:{}", cluster.endpoints().join(","))).expect("spec");
+    // The public entry point with default timeouts.
+    let store = meta::open(&spec).await.expect("open etcd");
+    exercise(&store).await;
+    let before = snapshot(&store).await;
+    drop(store);
+
+    let reconnected: Arc<dyn MetaStore> = Arc::new(
+        meta::EtcdStore::connect(&cluster.endpoints(), fast_options())
+            .await
+            .expect("reconnect"),
+    );
+    assert_eq!(snapshot(&reconnected).await, before, "everything persisted");
+
+    // A value that is not our JSON is reported, not misread.
+    let mut raw = etcd_client::Client::connect(cluster.endpoints(), None)
+        .await
+        .expect("raw client");
+    raw.put(
+        format!("{}videos/bad", meta::ETCD_PREFIX),
+        "{not json",
+        None,
+    )
+    .await
+    .expect("raw put");
+    assert_err!(reconnected.get_video("bad").await, MetaError::Corrupt(_));
+    assert_err!(reconnected.list_videos().await, MetaError::Corrupt(_));
+
+    cluster.stop(&[0, 1, 2]).await;
+}

@@ -1,0 +1,297 @@
+//! The command line: `storage-node` serves; `storage-node admin list|add|remove` administers the ring
+//! through a broadcaster's admin API.
+//!
+//! | command | request | printed on success |
+//! |---|---|---|
+//! | `admin list B` | `GET http://B/admin/nodes` | `Storage cluster nodes:` then `  - host:port` per node |
+//! | `admin add B N` | `POST http://B/admin/nodes` `{"node":N}` | `Successfully added node: N`, `Number of files migrated: M` |
+//! | `admin remove B N` | `DELETE http://B/admin/nodes/N` | `Successfully removed node: N`, `Number of files migrated: M` |
+//!
+//! `add` and `remove` answer only once migration is done, which can take long, so requests have no overall
+//! timeout (only a connect timeout). A non-2xx answer carries `{"error": "..."}`, shown as is.
+
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use serde::{Deserialize, Serialize};
+
+use crate::error::AdminError;
+
+/// How long to wait for a TCP connection to the broadcaster.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Characters escaped in a node address used as a path segment (`:` and the unreserved ones stay).
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b':');
+
+/// Distributary storage node: a durable blob store, one member of the storage ring.
+///
+/// Without a command it serves, configured by STORAGE_NODE_* environment variables.
+#[derive(Debug, Parser)]
+#[command(name = "storage-node", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Administer the storage ring through a broadcaster.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+/// Ring administration.
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum AdminCommand {
+    /// List the ring's nodes.
+    List {
+        /// The broadcaster, host:port.
+        #[arg(value_parser = parse_broadcaster)]
+        broadcaster: String,
+    },
+    /// Add a node; returns once the blobs it now owns were migrated to it.
+    Add {
+        /// The broadcaster, host:port.
+        #[arg(value_parser = parse_broadcaster)]
+        broadcaster: String,
+        /// The storage node to add, host:port.
+        #[arg(value_parser = parse_node)]
+        node: String,
+    },
+    /// Remove a node; returns once its blobs were migrated to the remaining nodes.
+    Remove {
+        /// The broadcaster, host:port.
+        #[arg(value_parser = parse_broadcaster)]
+        broadcaster: String,
+        /// The storage node to remove, host:port.
+        #[arg(value_parser = parse_node)]
+        node: String,
+    },
+}
+
+fn parse_node(s: &str) -> Result<String, String> {
+    hashring::validate_node(s).map_err(|e| e.to_string())?;
+    Ok(s.to_owned())
+}
+
+/// A broadcaster is `host:port`; `http://host:port` is accepted too, as in `BROADCASTER_HOST_LIST`.
+fn parse_broadcaster(s: &str) -> Result<String, String> {
+    let bare = s.strip_prefix("http://").unwrap_or(s).trim_end_matches('/');
+    hashring::validate_node(bare).map_err(|e| e.to_string())?;
+    Ok(bare.to_owned())
+}
+
+/// `GET /admin/nodes` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodesAnswer {
+    /// Layout version.
+    #[serde(default)]
+    pub version: u64,
+    /// Replication factor.
+    #[serde(default)]
+    pub replication: usize,
+    /// Member nodes.
+    pub nodes: Vec<String>,
+}
+
+/// `POST /admin/nodes` request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AddRequest {
+    /// The node to add.
+    pub node: String,
+}
+
+/// `POST /admin/nodes` and `DELETE /admin/nodes/{node}` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeAnswer {
+    /// The node added or removed.
+    pub node: String,
+    /// Blobs copied to their new owners.
+    pub migrated: u64,
+}
+
+/// What `list` prints.
+pub fn format_list(answer: &NodesAnswer) -> String {
+    let mut out = String::from("Storage cluster nodes:\n");
+    for n in &answer.nodes {
+        out.push_str(&format!("  - {n}\n"));
+    }
+    out
+}
+
+/// What `add` (`added = true`) or `remove` prints.
+pub fn format_change(answer: &ChangeAnswer, added: bool) -> String {
+    let verb = if added { "added" } else { "removed" };
+    format!(
+        "Successfully {verb} node: {}\nNumber of files migrated: {}\n",
+        answer.node, answer.migrated
+    )
+}
+
+/// Runs one admin command against its broadcaster; returns what to print on stdout.
+pub async fn run(cmd: &AdminCommand) -> Result<String, AdminError> {
+    let client = reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .build()
+        .map_err(|e| AdminError::Client(describe(&e)))?;
+    match cmd {
+        AdminCommand::List { broadcaster } => {
+            let url = format!("http://{broadcaster}/admin/nodes");
+            let answer: NodesAnswer = call(broadcaster, client.get(url)).await?;
+            Ok(format_list(&answer))
+        }
+        AdminCommand::Add { broadcaster, node } => {
+            let url = format!("http://{broadcaster}/admin/nodes");
+            let req = client.post(url).json(&AddRequest { node: node.clone() });
+            let answer: ChangeAnswer = call(broadcaster, req).await?;
+            Ok(format_change(&answer, true))
+        }
+        AdminCommand::Remove { broadcaster, node } => {
+            let url = format!(
+                "http://{broadcaster}/admin/nodes/{}",
+                utf8_percent_encode(node, SEGMENT)
+            );
+            let answer: ChangeAnswer = call(broadcaster, client.delete(url)).await?;
+            Ok(format_change(&answer, false))
+        }
+    }
+}
+
+/// Sends `req` and decodes a 2xx JSON answer; anything else becomes the broadcaster's own error message.
+async fn call<T: serde::de::DeserializeOwned>(
+    broadcaster: &str,
+    req: reqwest::RequestBuilder,
+) -> Result<T, AdminError> {
+    let resp = req.send().await.map_err(|e| AdminError::Unreachable {
+        broadcaster: broadcaster.to_owned(),
+        detail: describe(&e),
+    })?;
+    let status = resp.status();
+    let body = resp.bytes().await.map_err(|e| AdminError::Unreachable {
+        broadcaster: broadcaster.to_owned(),
+        detail: format!("answer interrupted: {}", describe(&e)),
+    })?;
+    if !status.is_success() {
+        let message = match serde_json::from_slice::<common::protocol::ErrorBody>(&body) {
+            Ok(e) => e.error,
+            // Not our JSON (a proxy, an older broadcaster): show what came back.
+            Err(_) => {
+                let text = String::from_utf8_lossy(&body);
+                let text = text.trim();
+                if text.is_empty() {
+                    format!("broadcaster answered {status}")
+                } else {
+                    format!(
+                        "broadcaster answered {status}: {}",
+                        text.chars().take(200).collect::<String>()
+                    )
+                }
+            }
+        };
+        return Err(AdminError::Refused {
+            status: status.as_u16(),
+            message,
+        });
+    }
+    serde_json::from_slice(&body).map_err(|e| AdminError::BadAnswer {
+        broadcaster: broadcaster.to_owned(),
+        detail: e.to_string(),
+    })
+}
+
+/// An error with its causes, `a: b: c`: reqwest's own message alone ("error sending request") hides why.
+fn describe(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_formats() {
+        let list = NodesAnswer {
+            version: 3,
+            replication: 2,
+            nodes: vec!["127.0.0.1:8090".into(), "127.0.0.1:8091".into()],
+        };
+        assert_eq!(
+            format_list(&list),
+            "Storage cluster nodes:\n  - 127.0.0.1:8090\n  - 127.0.0.1:8091\n"
+        );
+        let change = ChangeAnswer {
+            node: "127.0.0.1:8093".into(),
+            migrated: 17,
+        };
+        assert_eq!(
+            format_change(&change, true),
+            "Successfully added node: 127.0.0.1:8093\nNumber of files migrated: 17\n"
+        );
+        assert_eq!(
+            format_change(&change, false),
+            "Successfully removed node: 127.0.0.1:8093\nNumber of files migrated: 17\n"
+        );
+    }
+
+    #[test]
+    fn arguments() {
+        let cli = Cli::try_parse_from(["storage-node"]).expect("serve");
+        assert!(cli.command.is_none());
+        let cli =
+            Cli::try_parse_from(["storage-node", "admin", "add", "b:8080", "n:8093"]).expect("add");
+        let Some(Command::Admin(cmd)) = cli.command else {
+            panic!("admin command expected");
+        };
+        assert_eq!(
+            cmd,
+            AdminCommand::Add {
+                broadcaster: "b:8080".into(),
+                node: "n:8093".into()
+            }
+        );
+        let cli =
+            Cli::try_parse_from(["storage-node", "admin", "list", "http://b:8080/"]).expect("list");
+        assert!(matches!(
+            cli.command,
+            Some(Command::Admin(AdminCommand::List { broadcaster })) if broadcaster == "b:8080"
+        ));
+        for bad in [
+            &["storage-node", "admin", "add", "b:8080", "n"][..],
+            &["storage-node", "admin", "remove", "b", "n:1"],
+            &["storage-node", "admin", "list", "b:99999"],
+            &["storage-node", "admin", "list"],
+            &["storage-node", "admin", "frobnicate", "b:1"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn node_in_path_is_escaped() {
+        assert_eq!(
+            utf8_percent_encode("[::1]:8090", SEGMENT).to_string(),
+            "%5B::1%5D:8090"
+        );
+        assert_eq!(
+            utf8_percent_encode("host-1.example:8090", SEGMENT).to_string(),
+            "host-1.example:8090"
+        );
+    }
+}

@@ -1,0 +1,147 @@
+//! The storage node's HTTP surface: blobs (`/v1/blobs`), the broadcaster's stream protocol (`/v1/uploads`),
+//! and `/healthz`.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use axum::{Json, Router};
+use common::protocol::ErrorBody;
+use serde::{Deserialize, Serialize};
+
+use crate::error::StoreError;
+use crate::serve::blob_response;
+use crate::store::{BlobInfo, BlobKey, BlobStore};
+
+/// Builds the router.
+pub fn app(store: Arc<BlobStore>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/v1/blobs", get(list))
+        // A catch-all rather than `{id}/{file}` so that malformed keys (an empty or a third segment) get a
+        // 400 that says what is wrong instead of a bare 404.
+        .route(
+            "/v1/blobs/{*key}",
+            put(put_blob)
+                .get(get_blob)
+                .head(get_blob)
+                .delete(delete_blob),
+        )
+        .route("/v1/uploads/{id}/{name}", put(stage))
+        .route("/v1/uploads/{id}/commit", post(commit))
+        .route("/v1/uploads/{id}", delete(abort))
+        .fallback(not_found)
+        // Bodies are streamed to disk, never collected, so the whole-body limit is off
+        // (STORAGE_NODE_MAX_BLOB_BYTES bounds them instead).
+        .layer(DefaultBodyLimit::disable())
+        .with_state(store)
+}
+
+async fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(ErrorBody {
+            error: "no such route".into(),
+        }),
+    )
+        .into_response()
+}
+
+async fn put_blob(
+    State(store): State<Arc<BlobStore>>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, StoreError> {
+    let key = BlobKey::parse(&key)?;
+    let expected = common::digest::expected_sha256(&headers)?;
+    let info = store.put(&key, body.into_data_stream(), expected).await;
+    match &info {
+        Ok(i) => tracing::debug!(key = %i.key, bytes = i.bytes, "stored"),
+        Err(e) => tracing::warn!(%key, error = %e, "store failed"),
+    }
+    Ok((StatusCode::CREATED, Json(info?)).into_response())
+}
+
+async fn get_blob(
+    State(store): State<Arc<BlobStore>>,
+    Path(key): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+) -> Result<Response, StoreError> {
+    let key = BlobKey::parse(&key)?;
+    let blob = store.open_verified(&key).await?;
+    blob_response(blob, &method, &headers).await
+}
+
+async fn delete_blob(
+    State(store): State<Arc<BlobStore>>,
+    Path(key): Path<String>,
+) -> Result<Response, StoreError> {
+    let key = BlobKey::parse(&key)?;
+    store.delete(&key).await?;
+    tracing::debug!(%key, "deleted");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    prefix: Option<String>,
+}
+
+/// `GET /v1/blobs` answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Listing {
+    /// Blobs sorted by key.
+    pub blobs: Vec<BlobInfo>,
+}
+
+async fn list(
+    State(store): State<Arc<BlobStore>>,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, StoreError> {
+    let blobs = store.list(q.prefix.as_deref().unwrap_or("")).await?;
+    Ok(Json(Listing { blobs }).into_response())
+}
+
+async fn stage(
+    State(store): State<Arc<BlobStore>>,
+    Path((id, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, StoreError> {
+    let started = std::time::Instant::now();
+    let expected = common::digest::expected_sha256(&headers)?;
+    let report = store
+        .stage(&id, &name, body.into_data_stream(), expected)
+        .await;
+    match &report {
+        Ok(r) => {
+            tracing::info!(%id, %name, bytes = r.bytes, ms = started.elapsed().as_millis() as u64, "staged")
+        }
+        Err(e) => tracing::warn!(%id, %name, error = %e, "staging failed"),
+    }
+    Ok(Json(report?).into_response())
+}
+
+async fn commit(
+    State(store): State<Arc<BlobStore>>,
+    Path(id): Path<String>,
+) -> Result<Response, StoreError> {
+    let info = store.commit(&id).await?;
+    tracing::info!(%id, key = %info.key, bytes = info.bytes, "committed");
+    Ok(Json(info).into_response())
+}
+
+async fn abort(
+    State(store): State<Arc<BlobStore>>,
+    Path(id): Path<String>,
+) -> Result<Response, StoreError> {
+    if store.abort(&id)? {
+        tracing::info!(%id, "aborted");
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

@@ -1,0 +1,162 @@
+//! Checksums on read, restarts, and staging left by a crash.
+
+use std::fs;
+use std::io::{Seek, SeekFrom, Write};
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::harness::{client, payload, sha_hex, Node};
+
+/// Bytes before the payload in a blob file (`DSTBLOB1`, SHA-256, length).
+const HEADER_LEN: u64 = 48;
+
+#[tokio::test]
+async fn on_disk_format() {
+    let node = Node::start();
+    let data = payload(5000, 7);
+    client()
+        .put(node.blob_url("v/f"))
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    let file = fs::read(node.blob_path("v/f")).unwrap();
+    assert_eq!(&file[..8], b"DSTBLOB1");
+    assert_eq!(hex::encode(&file[8..40]), sha_hex(&data));
+    assert_eq!(u64::from_le_bytes(file[40..48].try_into().unwrap()), 5000);
+    assert_eq!(&file[48..], &data[..]);
+}
+
+#[tokio::test]
+async fn corrupt_blob_answers_500_and_is_flagged() {
+    let node = Node::start();
+    let http = client();
+    let data = payload(200 * 1024, 5);
+    http.put(node.blob_url("v/chunk-0-00007.m4s"))
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    // Flip one payload byte behind the node's back, as a failing disk would.
+    let path = node.blob_path("v/chunk-0-00007.m4s");
+    let mut f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.seek(SeekFrom::Start(HEADER_LEN + 12345)).unwrap();
+    f.write_all(&[data[12345] ^ 0xff]).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+
+    let r = http
+        .get(node.blob_url("v/chunk-0-00007.m4s"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(r.headers()["x-blob-corrupt"], "1");
+    let v: Value = r.json().await.unwrap();
+    let msg = v["error"].as_str().unwrap();
+    assert!(msg.starts_with("checksum mismatch"), "{msg}");
+
+    // A range of an intact region is refused too: the blob as a whole cannot be trusted.
+    let r = http
+        .get(node.blob_url("v/chunk-0-00007.m4s"))
+        .header("range", "bytes=0-9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let r = http
+        .head(node.blob_url("v/chunk-0-00007.m4s"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(r.headers()["x-blob-corrupt"], "1");
+    assert!(
+        node.log().contains("corrupt blob"),
+        "the corruption is logged:\n{}",
+        node.log()
+    );
+
+    // Truncation is caught without hashing, and a rewrite repairs the blob.
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(HEADER_LEN + 10)
+        .unwrap();
+    let r = http
+        .get(node.blob_url("v/chunk-0-00007.m4s"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(r.headers()["x-blob-corrupt"], "1");
+    http.put(node.blob_url("v/chunk-0-00007.m4s"))
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    let r = http
+        .get(node.blob_url("v/chunk-0-00007.m4s"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.bytes().await.unwrap(), data);
+}
+
+#[tokio::test]
+async fn restart_keeps_blobs_and_cleans_staging() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = client();
+    let blobs: Vec<(String, Vec<u8>)> = (0..5)
+        .map(|i| {
+            (
+                format!("video-{}/chunk-0-{i:05}.m4s", i % 2),
+                payload(10_000 + i, i as u64),
+            )
+        })
+        .collect();
+    {
+        let mut node = Node::start_in(dir.path(), &[]);
+        for (key, data) in &blobs {
+            let r = http
+                .put(node.blob_url(key))
+                .body(data.clone())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::CREATED);
+        }
+        let status = node.stop().await.expect("exits after SIGTERM");
+        assert!(status.success(), "SIGTERM exits 0: {status}");
+    }
+    // What a crash mid-write leaves behind.
+    let staging = dir.path().join("staging");
+    fs::write(staging.join("0123abcd"), b"half a blob").unwrap();
+    fs::create_dir_all(staging.join("odd-dir")).unwrap();
+    fs::write(staging.join("odd-dir/x"), b"y").unwrap();
+
+    let node = Node::start_in(dir.path(), &[]);
+    assert_eq!(node.staging_count(), 0, "stale staging removed at start");
+    assert!(
+        node.log().contains("removed stale staging"),
+        "{}",
+        node.log()
+    );
+    for (key, data) in &blobs {
+        let r = http.get(node.blob_url(key)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{key}");
+        assert_eq!(r.bytes().await.unwrap(), data[..], "{key}");
+    }
+    let v: Value = http
+        .get(node.url("/v1/blobs"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["blobs"].as_array().unwrap().len(), blobs.len());
+}

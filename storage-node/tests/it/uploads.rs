@@ -1,0 +1,143 @@
+//! The broadcaster's stream protocol: stage, then commit (published as blob `raw/{name}`) or abort.
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::harness::{client, payload, raw_request, sha_hex, Node};
+
+const ID: &str = "0123456789abcdef0123456789abcdef";
+const ID2: &str = "fedcba9876543210fedcba9876543210";
+
+#[tokio::test]
+async fn stage_then_commit_publishes_raw_blob() {
+    let node = Node::start();
+    let http = client();
+    let data = payload(3 << 20, 9);
+    let r = http
+        .put(node.url(&format!("/v1/uploads/{ID}/big%20file.iso")))
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["bytes"], data.len() as u64);
+    assert_eq!(v["sha256"], sha_hex(&data));
+    assert_eq!(node.staging_count(), 1);
+
+    // Nothing is visible before the commit.
+    let blob = node.blob_url("raw/big%20file.iso");
+    assert_eq!(
+        http.get(&blob).send().await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
+
+    // The same id cannot be staged twice.
+    let r = http
+        .put(node.url(&format!("/v1/uploads/{ID}/other")))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+
+    let r = http
+        .post(node.url(&format!("/v1/uploads/{ID}/commit")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["key"], "raw/big file.iso");
+    assert_eq!(v["sha256"], sha_hex(&data));
+    assert_eq!(node.staging_count(), 0);
+
+    let r = http.get(&blob).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.bytes().await.unwrap(), data);
+
+    // A second commit has nothing to publish; an abort after commit is harmless.
+    let r = http
+        .post(node.url(&format!("/v1/uploads/{ID}/commit")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let r = http
+        .delete(node.url(&format!("/v1/uploads/{ID}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        http.get(&blob).send().await.unwrap().status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn abort_discards_and_is_idempotent() {
+    let node = Node::start();
+    let http = client();
+    let r = http
+        .put(node.url(&format!("/v1/uploads/{ID2}/gone.bin")))
+        .body(payload(100_000, 1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    for _ in 0..2 {
+        let r = http
+            .delete(node.url(&format!("/v1/uploads/{ID2}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    }
+    assert_eq!(node.staging_count(), 0);
+    let r = http
+        .post(node.url(&format!("/v1/uploads/{ID2}/commit")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        http.get(node.blob_url("raw/gone.bin"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn bad_upload_requests() {
+    let node = Node::start();
+    for (method, target) in [
+        ("PUT", "/v1/uploads/not-an-id/x".to_owned()),
+        (
+            "PUT",
+            "/v1/uploads/0123456789ABCDEF0123456789ABCDEF/x".to_owned(),
+        ),
+        ("POST", "/v1/uploads/nope/commit".to_owned()),
+        ("DELETE", "/v1/uploads/..".to_owned()),
+        ("PUT", format!("/v1/uploads/{ID}/..")),
+        ("PUT", format!("/v1/uploads/{ID}/a%2Fb")),
+        ("PUT", format!("/v1/uploads/{ID}/{}", "n".repeat(256))),
+    ] {
+        let (status, body) = raw_request(node.addr, method, &target, b"data").await;
+        assert_eq!(status, 400, "{method} {target}: {body}");
+    }
+    assert_eq!(node.staging_count(), 0);
+    // A digest announced with the stage is checked too.
+    let r = client()
+        .put(node.url(&format!("/v1/uploads/{ID}/f")))
+        .header("x-content-sha256", sha_hex(b"other"))
+        .body("data")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(node.staging_count(), 0);
+}
