@@ -1,13 +1,12 @@
 //! Ring membership API, spoken by `storage-node admin list|add|remove`.
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use axum::{Json, Router};
-use common::protocol::ErrorBody;
 use serde::{Deserialize, Serialize};
 
+use crate::error::BroadcastError;
 use crate::fanout::Engine;
 use crate::ring::RingError;
 
@@ -36,32 +35,7 @@ pub fn routes() -> Router<Engine> {
         .route("/admin/nodes/{node}", delete(remove))
 }
 
-impl IntoResponse for RingError {
-    fn into_response(self) -> Response {
-        let status = match &self {
-            RingError::Membership(_) | RingError::Conflict | RingError::Empty => {
-                StatusCode::CONFLICT
-            }
-            RingError::Unreachable(_) | RingError::NoReplica(_) | RingError::Node(_) => {
-                StatusCode::BAD_GATEWAY
-            }
-            RingError::Meta(meta::MetaError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
-            RingError::Meta(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        if status.is_server_error() {
-            tracing::warn!(error = %self, "ring request failed");
-        }
-        (
-            status,
-            Json(ErrorBody {
-                error: self.to_string(),
-            }),
-        )
-            .into_response()
-    }
-}
-
-async fn list(State(engine): State<Engine>) -> Result<Json<NodeList>, RingError> {
+async fn list(State(engine): State<Engine>) -> Result<Json<NodeList>, BroadcastError> {
     engine.cluster().refresh().await?;
     let view = engine.cluster().view();
     Ok(Json(match &view.layout {
@@ -81,7 +55,7 @@ async fn list(State(engine): State<Engine>) -> Result<Json<NodeList>, RingError>
 async fn add(
     State(engine): State<Engine>,
     Json(body): Json<AddNode>,
-) -> Result<Response, RingError> {
+) -> Result<Response, BroadcastError> {
     let node = body.node.trim();
     hashring::validate_node(node).map_err(|e| RingError::Membership(e.to_string()))?;
     let change = engine.cluster().add_node(node).await?;
@@ -91,7 +65,7 @@ async fn add(
 async fn remove(
     State(engine): State<Engine>,
     Path(node): Path<String>,
-) -> Result<Response, RingError> {
+) -> Result<Response, BroadcastError> {
     let change = engine.cluster().remove_node(node.trim()).await?;
     Ok(Json(change).into_response())
 }

@@ -46,7 +46,7 @@ impl BroadcastError {
 impl IntoResponse for BroadcastError {
     fn into_response(self) -> Response {
         if let Self::Ring(e) = self {
-            return e.into_response();
+            return ring_response(e);
         }
         if let Self::Internal(detail) = &self {
             tracing::error!(%detail, "internal error");
@@ -59,4 +59,28 @@ impl IntoResponse for BroadcastError {
         )
             .into_response()
     }
+}
+
+/// Maps a ring failure to a status: refused membership changes are conflicts, unreachable nodes are a bad
+/// gateway, a metadata store without quorum is "unavailable".
+fn ring_response(e: crate::ring::RingError) -> Response {
+    use crate::ring::RingError;
+    let status = match &e {
+        RingError::Membership(_) | RingError::Conflict | RingError::Empty => StatusCode::CONFLICT,
+        RingError::Unreachable(_) | RingError::NoReplica(_) | RingError::Node(_) => {
+            StatusCode::BAD_GATEWAY
+        }
+        RingError::Meta(meta::MetaError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+        RingError::Meta(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    if status.is_server_error() {
+        tracing::warn!(error = %e, "ring request failed");
+    }
+    (
+        status,
+        Json(ErrorBody {
+            error: e.to_string(),
+        }),
+    )
+        .into_response()
 }

@@ -198,6 +198,7 @@ impl Engine {
             .collect();
 
         let mut hasher = Sha256::new();
+        let mut quick = xxhash_rust::xxh3::Xxh3::new();
         let mut total = 0u64;
         let mut failure = None;
         let mut error = None;
@@ -223,6 +224,7 @@ impl Engine {
                 }
             }
             hasher.update(&frame);
+            quick.update(&frame);
             let mut rest = &frame[..];
             while !rest.is_empty() {
                 let take = rest.len().min(cfg.buffer_size - buf.len());
@@ -245,6 +247,7 @@ impl Engine {
                 .await;
         }
         let digest: Sha256Digest = hasher.finalize().into();
+        let xxh3 = common::protocol::xxh3_hex(quick.digest128());
 
         if failure.is_none() {
             if let Some(len) = req.declared_len.filter(|&l| l != total) {
@@ -266,7 +269,7 @@ impl Engine {
         if failure.is_none() {
             // Phase 1 ends: every live target gets a clean end of body and reports its staged copy.
             self.dispatch(&mut lanes, Msg::End).await;
-            self.collect_staged(&mut lanes, total, &digest).await;
+            self.collect_staged(&mut lanes, total, &digest, &xxh3).await;
             if staged(&lanes) < cfg.min_success {
                 failure = Some(Failure::Quorum);
                 error = Some(quorum_error(&lanes, cfg.min_success));
@@ -375,23 +378,34 @@ impl Engine {
     }
 
     /// Waits for each live target's staged report and checks it against what the client sent.
-    async fn collect_staged(&self, lanes: &mut [Lane], total: u64, digest: &Sha256Digest) {
+    async fn collect_staged(
+        &self,
+        lanes: &mut [Lane],
+        total: u64,
+        digest: &Sha256Digest,
+        xxh3: &str,
+    ) {
         let timeout = self.config.stage_timeout;
         let want = &hex::encode(digest);
-        let waits = lanes.iter_mut().filter(|l| l.is_live()).map(|lane| async move {
-            lane.tx = None;
-            let Some(task) = lane.task.take() else { return };
-            lane.state = match tokio::time::timeout(timeout, task).await {
-                Err(_) => LaneState::Failed(format!("no staged report within {} ms", timeout.as_millis())),
-                Ok(Err(e)) => LaneState::Failed(format!("target task failed: {e}")),
-                Ok(Ok(Err(e))) => LaneState::Failed(e),
-                Ok(Ok(Ok(r))) if r.bytes != total || r.sha256 != *want => LaneState::Failed(format!(
-                    "staged copy differs: {} bytes sha-256 {}, expected {total} bytes sha-256 {want}",
-                    r.bytes, r.sha256
-                )),
-                Ok(Ok(Ok(_))) => LaneState::Staged,
-            };
-        });
+        let waits = lanes
+            .iter_mut()
+            .filter(|l| l.is_live())
+            .map(|lane| async move {
+                lane.tx = None;
+                let Some(task) = lane.task.take() else { return };
+                lane.state = match tokio::time::timeout(timeout, task).await {
+                    Err(_) => LaneState::Failed(format!(
+                        "no staged report within {} ms",
+                        timeout.as_millis()
+                    )),
+                    Ok(Err(e)) => LaneState::Failed(format!("target task failed: {e}")),
+                    Ok(Ok(Err(e))) => LaneState::Failed(e),
+                    Ok(Ok(Ok(r))) => match r.verify(total, want, xxh3) {
+                        Ok(()) => LaneState::Staged,
+                        Err(e) => LaneState::Failed(e),
+                    },
+                };
+            });
         futures_util::future::join_all(waits).await;
     }
 

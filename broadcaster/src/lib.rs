@@ -10,15 +10,19 @@
 //! - [`error`]: requests refused at the edge.
 //! - [`ring`]: the storage ring: layout in the metadata store, placement, reads with fallback, migration.
 //! - [`admin`]: ring membership API used by `storage-node admin`.
+//! - [`content`]: `GET /content/{id}/{file}`, ring files served with media types, ranges and caching.
 //!
 //! [`run`] serves a bound listener until a cancellation token fires; `main.rs` and the tests both call it.
 
 pub mod admin;
 pub mod config;
+pub mod content;
 pub mod error;
 pub mod fanout;
-pub mod ring;
 pub mod routes;
+
+/// The storage ring client (its own crate so that readers can place blobs too).
+pub use ring_client as ring;
 pub mod summary;
 pub mod target;
 

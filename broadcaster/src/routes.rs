@@ -24,6 +24,10 @@ pub fn app(engine: Engine) -> Router {
         )
         .route("/broadcast", post(post_broadcast))
         .route("/files/{name}", get(get_file).head(get_file))
+        .route(
+            "/content/{id}/{file}",
+            get(crate::content::get_content).head(crate::content::get_content),
+        )
         .merge(crate::admin::routes())
         .fallback(not_found)
         // Upload bodies are streamed, never collected, so the whole-body limit is off.

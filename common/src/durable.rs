@@ -9,11 +9,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-
-use crate::digest::Sha256Digest;
+use xxhash_rust::xxh3::Xxh3;
 
 /// Chunks queued between the network task and the writer thread.
 pub const WRITE_QUEUE_DEPTH: usize = 4;
@@ -22,7 +20,7 @@ pub const WRITE_QUEUE_DEPTH: usize = 4;
 #[derive(Debug)]
 pub struct StagingWriter {
     tx: Option<mpsc::Sender<Bytes>>,
-    thread: Option<JoinHandle<io::Result<(u64, Sha256Digest)>>>,
+    thread: Option<JoinHandle<io::Result<(u64, u128)>>>,
     guard: Option<RemoveOnDrop>,
 }
 
@@ -32,8 +30,8 @@ pub struct Staged {
     guard: RemoveOnDrop,
     /// Length of the staged file in bytes.
     pub len: u64,
-    /// SHA-256 of the staged file.
-    pub sha256: Sha256Digest,
+    /// XXH3-128 of the staged file (see [`crate::protocol::StagedReport`] for why not SHA-256).
+    pub xxh3: u128,
 }
 
 #[derive(Debug)]
@@ -55,7 +53,7 @@ impl StagingWriter {
         let (tx, mut rx) = mpsc::channel::<Bytes>(WRITE_QUEUE_DEPTH);
         let thread = tokio::task::spawn_blocking(move || {
             let mut out = BufWriter::with_capacity(buf_size, file);
-            let mut hasher = Sha256::new();
+            let mut hasher = Xxh3::new();
             let mut len = 0u64;
             while let Some(chunk) = rx.blocking_recv() {
                 hasher.update(&chunk);
@@ -64,7 +62,7 @@ impl StagingWriter {
             }
             let file = out.into_inner().map_err(|e| e.into_error())?;
             file.sync_all()?;
-            Ok((len, hasher.finalize().into()))
+            Ok((len, hasher.digest128()))
         });
         Ok(Self {
             tx: Some(tx),
@@ -89,7 +87,7 @@ impl StagingWriter {
         Ok(())
     }
 
-    async fn join(&mut self) -> io::Result<(u64, Sha256Digest)> {
+    async fn join(&mut self) -> io::Result<(u64, u128)> {
         let thread = self
             .thread
             .take()
@@ -100,12 +98,12 @@ impl StagingWriter {
     /// Flushes and fsyncs the file; returns its length and digest, still staged.
     pub async fn finish(mut self) -> io::Result<Staged> {
         self.tx = None;
-        let (len, sha256) = self.join().await?;
+        let (len, xxh3) = self.join().await?;
         let guard = self
             .guard
             .take()
             .ok_or_else(|| io::Error::other("staging writer already finished"))?;
-        Ok(Staged { guard, len, sha256 })
+        Ok(Staged { guard, len, xxh3 })
     }
 }
 

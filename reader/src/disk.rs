@@ -42,8 +42,8 @@ pub struct Committed {
     pub name: String,
     /// Its length.
     pub bytes: u64,
-    /// Its SHA-256, hex.
-    pub sha256: String,
+    /// Its XXH3-128, hex.
+    pub xxh3: String,
 }
 
 impl DiskStore {
@@ -97,7 +97,8 @@ impl DiskStore {
         let staged = self.write_staging(id, body).await?;
         let report = StagedReport {
             bytes: staged.len,
-            sha256: hex::encode(staged.sha256),
+            sha256: None,
+            xxh3: Some(common::protocol::xxh3_hex(staged.xxh3)),
         };
         let mut pending = self.pending();
         if pending.contains_key(id) {
@@ -154,7 +155,7 @@ impl DiskStore {
             .ok_or_else(|| ReaderError::UnknownUpload(id.to_owned()))?;
         let committed = Committed {
             bytes: p.staged.len,
-            sha256: hex::encode(p.staged.sha256),
+            xxh3: common::protocol::xxh3_hex(p.staged.xxh3),
             name: p.name,
         };
         p.staged.commit(self.file_path(&committed.name)).await?;
@@ -182,7 +183,7 @@ impl DiskStore {
         let committed = Committed {
             name: name.to_owned(),
             bytes: staged.len,
-            sha256: hex::encode(staged.sha256),
+            xxh3: common::protocol::xxh3_hex(staged.xxh3),
         };
         staged.commit(self.file_path(name)).await?;
         Ok(committed)

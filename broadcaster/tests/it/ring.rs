@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::data::{gen_bytes, sha256_hex};
-use crate::harness::{client, dead_port, run_to_exit, scratch_dir, service_command, Broadcaster, Proc};
+use crate::harness::{
+    client, dead_port, run_to_exit, scratch_dir, service_command, Broadcaster, Proc,
+};
 
 const CHUNK: usize = 64 * 1024;
 
@@ -47,7 +49,10 @@ impl Node {
 
 fn ring_env(db: &Path, nodes: &[&Node], replication: usize) -> Vec<(String, String)> {
     vec![
-        ("BROADCASTER_METADATA".into(), format!("sqlite:{}", db.display())),
+        (
+            "BROADCASTER_METADATA".into(),
+            format!("sqlite:{}", db.display()),
+        ),
         (
             "BROADCASTER_STORAGE_NODES".into(),
             nodes.iter().map(|n| n.addr()).collect::<Vec<_>>().join(";"),
@@ -84,7 +89,10 @@ async fn fetch(b: &Broadcaster, name: &str) -> (u16, Vec<u8>) {
         .await
         .expect("get");
     let status = resp.status().as_u16();
-    (status, resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default())
+    (
+        status,
+        resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default(),
+    )
 }
 
 /// Blob keys each node holds.
@@ -121,7 +129,10 @@ async fn assert_placement(all_nodes: &[&Node], members: &[String], replication: 
     let held = holdings(all_nodes).await;
     for (key, holders) in &held {
         let owners: BTreeSet<String> = ring.owners(key).into_iter().collect();
-        assert_eq!(&owners, holders, "blob {key} should be exactly on its owners");
+        assert_eq!(
+            &owners, holders,
+            "blob {key} should be exactly on its owners"
+        );
         assert_eq!(holders.len(), replication.min(members.len()));
     }
     held.len()
@@ -144,7 +155,9 @@ fn listed(out: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_upload_is_replicated_and_survives_a_dead_node() {
     let dir = scratch_dir("ring-failover-");
-    let nodes: Vec<Node> = (0..3).map(|i| Node::start(&dir.path().join(format!("n{i}")), 0)).collect();
+    let nodes: Vec<Node> = (0..3)
+        .map(|i| Node::start(&dir.path().join(format!("n{i}")), 0))
+        .collect();
     let refs: Vec<&Node> = nodes.iter().collect();
     let b = start_broadcaster(&ring_env(&dir.path().join("meta.db"), &refs, 2));
 
@@ -195,13 +208,20 @@ async fn raw_upload_is_replicated_and_survives_a_dead_node() {
 async fn membership_changes_migrate_only_what_moves_and_survive_restarts() {
     let dir = scratch_dir("ring-membership-");
     let db = dir.path().join("meta.db");
-    let mut nodes: Vec<Node> = (0..3).map(|i| Node::start(&dir.path().join(format!("n{i}")), 0)).collect();
+    let mut nodes: Vec<Node> = (0..3)
+        .map(|i| Node::start(&dir.path().join(format!("n{i}")), 0))
+        .collect();
     let env = ring_env(&db, &nodes.iter().collect::<Vec<_>>(), 2);
     let mut b = start_broadcaster(&env);
     let baddr = b.proc.addr.to_string();
 
     let files: Vec<(String, Vec<u8>)> = (0..4)
-        .map(|i| (format!("f{i}.bin"), gen_bytes(100 + i, 10 * CHUNK + 17 * i as usize)))
+        .map(|i| {
+            (
+                format!("f{i}.bin"),
+                gen_bytes(100 + i, 10 * CHUNK + 17 * i as usize),
+            )
+        })
         .collect();
     for (name, data) in &files {
         upload(&b, name, data).await;
@@ -231,9 +251,16 @@ async fn membership_changes_migrate_only_what_moves_and_survive_restarts() {
             let mut reads = 0;
             let deadline = std::time::Instant::now() + Duration::from_secs(3);
             while std::time::Instant::now() < deadline {
-                let resp = client().get(&url).send().await.expect("get during migration");
+                let resp = client()
+                    .get(&url)
+                    .send()
+                    .await
+                    .expect("get during migration");
                 assert_eq!(resp.status(), 200);
-                assert!(resp.bytes().await.expect("body")[..] == want[..], "read during migration differs");
+                assert!(
+                    resp.bytes().await.expect("body")[..] == want[..],
+                    "read during migration differs"
+                );
                 reads += 1;
             }
             reads
@@ -243,7 +270,10 @@ async fn membership_changes_migrate_only_what_moves_and_survive_restarts() {
     let new = nodes[3].addr();
     let (code, out) = admin(&["add", &baddr, &new]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains(&format!("Successfully added node: {new}")), "{out}");
+    assert!(
+        out.contains(&format!("Successfully added node: {new}")),
+        "{out}"
+    );
     let migrated: usize = out
         .lines()
         .find_map(|l| l.strip_prefix("Number of files migrated: "))
@@ -251,11 +281,17 @@ async fn membership_changes_migrate_only_what_moves_and_survive_restarts() {
         .unwrap_or_else(|| panic!("no migration count in {out}"));
     assert!(migrated > 0, "a new node must take some blobs");
     // With R=2 a 4th node should own about half of the replica sets' changes: 2/4 of blobs, never all.
-    assert!(migrated < before, "only blobs whose owners changed move ({migrated} of {before})");
+    assert!(
+        migrated < before,
+        "only blobs whose owners changed move ({migrated} of {before})"
+    );
     assert!(reader.await.expect("reader task") > 0);
     members.push(new.clone());
     assert_eq!(listed(&admin(&["list", &baddr]).1), members);
-    assert_eq!(assert_placement(&nodes.iter().collect::<Vec<_>>(), &members, 2).await, before);
+    assert_eq!(
+        assert_placement(&nodes.iter().collect::<Vec<_>>(), &members, 2).await,
+        before
+    );
     for (name, data) in &files {
         assert!(fetch(&b, name).await.1 == *data, "{name} changed after add");
     }
@@ -263,12 +299,21 @@ async fn membership_changes_migrate_only_what_moves_and_survive_restarts() {
     let gone = members.remove(1);
     let (code, out) = admin(&["remove", &baddr, &gone]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains(&format!("Successfully removed node: {gone}")), "{out}");
+    assert!(
+        out.contains(&format!("Successfully removed node: {gone}")),
+        "{out}"
+    );
     assert!(out.contains("Number of files migrated: "), "{out}");
     assert_eq!(listed(&admin(&["list", &baddr]).1), members);
-    assert_eq!(assert_placement(&nodes.iter().collect::<Vec<_>>(), &members, 2).await, before);
+    assert_eq!(
+        assert_placement(&nodes.iter().collect::<Vec<_>>(), &members, 2).await,
+        before
+    );
     for (name, data) in &files {
-        assert!(fetch(&b, name).await.1 == *data, "{name} changed after remove");
+        assert!(
+            fetch(&b, name).await.1 == *data,
+            "{name} changed after remove"
+        );
     }
 
     // Restart everything: membership and data come back from disk.
@@ -278,9 +323,16 @@ async fn membership_changes_migrate_only_what_moves_and_survive_restarts() {
     }
     b = start_broadcaster(&env);
     let baddr = b.proc.addr.to_string();
-    assert_eq!(listed(&admin(&["list", &baddr]).1), members, "membership survives restarts");
+    assert_eq!(
+        listed(&admin(&["list", &baddr]).1),
+        members,
+        "membership survives restarts"
+    );
     for (name, data) in &files {
-        assert!(fetch(&b, name).await.1 == *data, "{name} changed after restart");
+        assert!(
+            fetch(&b, name).await.1 == *data,
+            "{name} changed after restart"
+        );
     }
 }
 

@@ -88,17 +88,17 @@ async fn etcd_survives_one_member_loss_fails_fast_without_quorum_and_recovers() 
         .find(|&i| i != leader && i != second)
         .expect("the third member");
     cluster.kill(second);
-    expect_unavailable("create_file", store.create_file(&file("f3", "f3-u1"))).await;
-    expect_unavailable(
-        "put_layout",
-        store.put_layout(Some(3), &layout(4, &["x:1"])),
-    )
-    .await;
-    expect_unavailable("get_layout", store.get_layout()).await;
-    expect_unavailable("list_videos", store.list_videos()).await;
-    expect_unavailable("health", store.health()).await;
+    // All at once: concurrent callers must each get their answer in time too.
     let endpoints = cluster.endpoints();
-    expect_unavailable("connect", EtcdStore::connect(&endpoints, fast_options())).await;
+    let (f3, x1) = (file("f3", "f3-u1"), layout(4, &["x:1"]));
+    tokio::join!(
+        expect_unavailable("create_file", store.create_file(&f3)),
+        expect_unavailable("put_layout", store.put_layout(Some(3), &x1)),
+        expect_unavailable("get_layout", store.get_layout()),
+        expect_unavailable("list_videos", store.list_videos()),
+        expect_unavailable("health", store.health()),
+        expect_unavailable("connect", EtcdStore::connect(&endpoints, fast_options())),
+    );
 
     // Restart both on their data: the same store recovers by itself and nothing acknowledged
     // was lost. A write that timed out has an unknown outcome (a leader that lost its quorum

@@ -326,7 +326,8 @@ impl BlobStore {
         let staged = self.write_staging(body, expected).await?;
         let report = StagedReport {
             bytes: staged.header.len,
-            sha256: staged.header.sha256_hex(),
+            sha256: Some(staged.header.sha256_hex()),
+            xxh3: None,
         };
         let mut pending = self.pending();
         // Two stages of one id may race; the first to finish wins and the other's staging is dropped.

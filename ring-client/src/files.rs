@@ -11,7 +11,6 @@ use common::protocol::StagedReport;
 use futures_util::stream::FuturesUnordered;
 use futures_util::{Stream, StreamExt};
 use meta::FileRecord;
-use sha2::{Digest, Sha256};
 
 use super::nodes::BlobKey;
 use super::{Cluster, RingError};
@@ -43,7 +42,7 @@ impl Cluster {
     {
         let chunk_size = self.chunk_size;
         let mut buf = BytesMut::with_capacity(chunk_size);
-        let mut hasher = Sha256::new();
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
         let mut total = 0u64;
         let mut index = 0u64;
         let mut in_flight = FuturesUnordered::new();
@@ -87,7 +86,8 @@ impl Cluster {
         }
         Ok(StagedReport {
             bytes: total,
-            sha256: hex::encode(hasher.finalize()),
+            sha256: None,
+            xxh3: Some(common::protocol::xxh3_hex(hasher.digest128())),
         })
     }
 
@@ -148,7 +148,9 @@ impl Cluster {
                     let b = end.min(chunk_start + cs - 1) - chunk_start;
                     let whole = a == 0 && b == cs - 1;
                     let range = (!whole).then_some((a, b));
-                    me.get_blob(&chunk_key(&upload_id, i), range).await
+                    me.get_blob(&chunk_key(&upload_id, i), range)
+                        .await
+                        .map(|f| f.data)
                 }
             })
             // One chunk ahead, so the next replica round trip overlaps sending this one.

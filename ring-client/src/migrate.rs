@@ -94,55 +94,18 @@ impl Cluster {
             });
         };
         let new_ring = Ring::new(&new);
-        let placements = self.inventory(&old, leaving).await?;
-
-        // Copy phase.
-        let mut copies = Vec::new();
-        let mut deletes = Vec::new();
-        for (key, p) in &placements {
-            let Some(bk) = BlobKey::parse(key) else {
-                continue;
-            };
-            let owners = new_ring.owners(key);
-            let missing: Vec<String> = owners
-                .iter()
-                .filter(|n| !p.holders.contains(n))
-                .cloned()
-                .collect();
-            let sources: Vec<String> = p
-                .holders
-                .iter()
-                .filter(|h| Some(h.as_str()) != leaving)
-                .cloned()
-                .collect();
-            let sources = if sources.is_empty() {
-                p.holders.clone()
-            } else {
-                sources
-            };
-            if !missing.is_empty() {
-                copies.push((bk.clone(), p.sha256.clone(), sources, missing));
-            }
-            for h in &p.holders {
-                if !owners.contains(h) {
-                    deletes.push((bk.clone(), h.clone()));
-                }
-            }
-        }
         let started = std::time::Instant::now();
-        let total = copies.len();
-        let results: Vec<Result<(), RingError>> = futures_util::stream::iter(copies)
-            .map(|(key, sha, sources, targets)| async move {
-                self.copy_blob(&key, &sha, &sources, &targets).await
-            })
-            .buffer_unordered(COPY_CONCURRENCY)
-            .collect()
-            .await;
-        if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
-            return Err(RingError::Membership(format!(
-                "migration stopped, ring unchanged: {e}"
-            )));
-        }
+        let mut members = old.nodes.clone();
+        members.extend(new.nodes.iter().filter(|n| !old.nodes.contains(n)).cloned());
+
+        // Copy phase: the new owners get verified copies while the old layout still serves every read.
+        let placements = self.inventory(&members, old.replication, leaving).await?;
+        let migrated = self
+            .copy_missing(&placements, &new_ring, leaving)
+            .await
+            .map_err(|e| {
+                RingError::Membership(format!("migration stopped, ring unchanged: {e}"))
+            })?;
 
         // Switch.
         self.meta
@@ -151,7 +114,39 @@ impl Cluster {
             .map_err(conflict)?;
         self.install(new.clone());
 
-        // Delete phase: only now are the old copies redundant.
+        // Reconcile: blobs written under the old layout by other processes while we copied are caught up
+        // here (writers that finish later see the new version and place their blob again), then copies
+        // that are no longer owned are deleted; only now are they redundant.
+        let reconciled = match self.inventory(&members, old.replication, leaving).await {
+            Ok(p) => self
+                .copy_missing(&p, &new_ring, leaving)
+                .await
+                .map(|n| (p, n)),
+            Err(e) => Err(e),
+        };
+        let (placements, caught_up) = match reconciled {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "catch-up copy failed; old copies are kept");
+                return Ok(Change {
+                    node: node.to_owned(),
+                    migrated,
+                    version: new.version,
+                });
+            }
+        };
+        let deletes: Vec<(BlobKey, String)> = placements
+            .iter()
+            .filter_map(|(key, p)| BlobKey::parse(key).map(|bk| (bk, key, p)))
+            .flat_map(|(bk, key, p)| {
+                let owners = new_ring.owners(key);
+                p.holders
+                    .iter()
+                    .filter(|h| !owners.contains(h))
+                    .map(|h| (bk.clone(), h.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
         let deleted = deletes.len();
         futures_util::stream::iter(deletes)
             .map(|(key, n)| async move {
@@ -162,6 +157,7 @@ impl Cluster {
             .buffer_unordered(COPY_CONCURRENCY)
             .collect::<Vec<()>>()
             .await;
+        let total = migrated + caught_up;
         tracing::info!(
             %node, version = new.version, migrated = total, deleted, ms = started.elapsed().as_millis() as u64,
             "ring membership changed"
@@ -177,11 +173,12 @@ impl Cluster {
     /// one (its blobs must then be found on another replica).
     async fn inventory(
         &self,
-        old: &Layout,
+        members: &[String],
+        replication: usize,
         leaving: Option<&str>,
     ) -> Result<BTreeMap<String, Placement>, RingError> {
         let lists = futures_util::future::join_all(
-            old.nodes
+            members
                 .iter()
                 .map(|n| async move { (n, self.nodes.list(n).await) }),
         )
@@ -208,7 +205,7 @@ impl Cluster {
                 p.holders.push(node.clone());
             }
         }
-        if dead_leaving && old.replication < 2 {
+        if dead_leaving && replication < 2 {
             // With one copy per blob, what the dead node held is gone; refuse rather than pretend.
             return Err(RingError::Unreachable(format!(
                 "{} is down and replication is 1: its blobs have no other copy",
@@ -216,6 +213,51 @@ impl Cluster {
             )));
         }
         Ok(placements)
+    }
+
+    /// Copies every blob to those of its owners under `ring` that lack it; returns how many blobs moved.
+    async fn copy_missing(
+        &self,
+        placements: &BTreeMap<String, Placement>,
+        ring: &Ring,
+        leaving: Option<&str>,
+    ) -> Result<usize, RingError> {
+        let mut copies = Vec::new();
+        for (key, p) in placements {
+            let Some(bk) = BlobKey::parse(key) else {
+                continue;
+            };
+            let missing: Vec<String> = ring
+                .owners(key)
+                .into_iter()
+                .filter(|n| !p.holders.contains(n))
+                .collect();
+            if missing.is_empty() {
+                continue;
+            }
+            let live: Vec<String> = p
+                .holders
+                .iter()
+                .filter(|h| Some(h.as_str()) != leaving)
+                .cloned()
+                .collect();
+            let sources = if live.is_empty() {
+                p.holders.clone()
+            } else {
+                live
+            };
+            copies.push((bk, p.sha256.clone(), sources, missing));
+        }
+        let n = copies.len();
+        let results: Vec<Result<(), RingError>> = futures_util::stream::iter(copies)
+            .map(|(key, sha, sources, targets)| async move {
+                self.copy_blob(&key, &sha, &sources, &targets).await
+            })
+            .buffer_unordered(COPY_CONCURRENCY)
+            .collect()
+            .await;
+        results.into_iter().find(|r| r.is_err()).unwrap_or(Ok(()))?;
+        Ok(n)
     }
 
     async fn copy_blob(

@@ -1,4 +1,4 @@
-//! The storage ring as the broadcaster sees it: the current layout (kept in the metadata store), blob
+//! The storage ring as its clients (broadcasters, dash readers) see it: the current layout (kept in the metadata store), blob
 //! placement with R replicas, reads with replica fallback, and membership changes with live migration.
 //!
 //! # Layout
@@ -227,20 +227,34 @@ impl Cluster {
     }
 
     /// Stores `data` under `key` on every owner; fails unless all of them hold a verified copy.
+    ///
+    /// A membership change in another process may switch the layout while this write runs; the layout is
+    /// re-read afterwards and the blob placed again on any owner the new layout adds, so a migration never
+    /// misses it.
     pub async fn put_blob(&self, key: &BlobKey, data: Bytes) -> Result<Vec<String>, RingError> {
         let _shared = self.gate.read().await;
-        let owners = self.owners(key)?;
         let sha = {
             use sha2::Digest;
             hex::encode(sha2::Sha256::digest(&data))
         };
-        let puts = owners
-            .iter()
-            .map(|n| self.nodes.put(n, key, data.clone(), &sha));
-        for r in futures_util::future::join_all(puts).await {
-            r?;
+        let mut written: Vec<String> = Vec::new();
+        for _ in 0..3 {
+            let version = self.view().layout.as_ref().map(|l| l.version);
+            let owners = self.owners(key)?;
+            let todo: Vec<&String> = owners.iter().filter(|o| !written.contains(o)).collect();
+            let puts = todo
+                .iter()
+                .map(|n| self.nodes.put(n, key, data.clone(), &sha));
+            for r in futures_util::future::join_all(puts).await {
+                r?;
+            }
+            written.extend(todo.into_iter().cloned());
+            self.refresh().await?;
+            if self.view().layout.as_ref().map(|l| l.version) == version {
+                return Ok(owners);
+            }
         }
-        Ok(owners)
+        Err(RingError::Conflict)
     }
 
     /// Reads `key` (or an inclusive byte range of it) from the first owner that has a good copy.
@@ -248,7 +262,7 @@ impl Cluster {
         &self,
         key: &BlobKey,
         range: Option<(u64, u64)>,
-    ) -> Result<Bytes, RingError> {
+    ) -> Result<nodes::Fetched, RingError> {
         let view = self.view();
         let ring = view.ring.as_ref().ok_or(RingError::Empty)?;
         let mut candidates = ring.owners(&key.ring_key());
@@ -266,7 +280,7 @@ impl Cluster {
                     if i > 0 {
                         tracing::info!(%key, %node, "read served by a fallback replica");
                     }
-                    return Ok(f.data);
+                    return Ok(f);
                 }
                 Err(NodeError::NotFound { .. }) => {}
                 Err(e) => {

@@ -1,0 +1,92 @@
+//! `GET /content/{id}/{file}`: files stored on the ring under a video id (DASH manifests, init and media
+//! segments, posters), served from whichever replica answers.
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use common::protocol::ErrorBody;
+
+use crate::fanout::Engine;
+use crate::ring::nodes::{BlobKey, NodeError};
+use crate::ring::RingError;
+
+/// The media type of a ring file, from its name.
+pub fn content_type(file: &str) -> &'static str {
+    match file
+        .rsplit_once('.')
+        .map(|(_, ext)| ext.to_ascii_lowercase())
+    {
+        Some(ext) => match ext.as_str() {
+            "mpd" => "application/dash+xml",
+            "m4s" | "mp4" | "m4v" => "video/mp4",
+            "m4a" => "audio/mp4",
+            "jpg" | "jpeg" => "image/jpeg",
+            "png" => "image/png",
+            "json" => "application/json",
+            _ => "application/octet-stream",
+        },
+        None => "application/octet-stream",
+    }
+}
+
+fn bad_request(msg: String) -> Response {
+    (StatusCode::BAD_REQUEST, Json(ErrorBody { error: msg })).into_response()
+}
+
+/// Serves one ring file with `Range`, `ETag` and caching headers.
+pub async fn get_content(
+    State(engine): State<Engine>,
+    Path((id, file)): Path<(String, String)>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(e) = common::name::validate_name(&id) {
+        return bad_request(format!("bad id: {e}"));
+    }
+    if let Err(e) = common::name::validate_name(&file) {
+        return bad_request(format!("bad file name: {e}"));
+    }
+    let key = BlobKey::new(id, file);
+    let fetched = match engine.cluster().get_blob(&key, None).await {
+        Ok(f) => f,
+        Err(RingError::Node(NodeError::NotFound { .. })) => {
+            return (
+                StatusCode::NOT_FOUND,
+                Json(ErrorBody {
+                    error: format!("no such file: {key}"),
+                }),
+            )
+                .into_response()
+        }
+        Err(e) => return crate::error::BroadcastError::from(e).into_response(),
+    };
+    let etag = match &fetched.sha256 {
+        Some(sha) => format!("\"{sha}\""),
+        None => format!("\"{:x}\"", xxhash_rust::xxh3::xxh3_128(&fetched.data)),
+    };
+    let len = fetched.data.len() as u64;
+    let (status, mut out, start, count) =
+        match common::serve::prepare(&headers, &etag, len, content_type(&key.file)) {
+            common::serve::Prepared::Done(resp) => return *resp,
+            common::serve::Prepared::Send {
+                status,
+                headers,
+                start,
+                count,
+            } => (status, headers, start, count),
+        };
+    // Segments never change once written; the manifest is re-checked so a re-upload is seen.
+    let cache = if key.file.ends_with(".mpd") {
+        "no-cache"
+    } else {
+        "public, max-age=31536000, immutable"
+    };
+    out.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+    if method == Method::HEAD {
+        return (status, out).into_response();
+    }
+    let body = fetched.data.slice(start as usize..(start + count) as usize);
+    (status, out, Body::from(body)).into_response()
+}
