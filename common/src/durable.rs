@@ -191,10 +191,7 @@ mod tests {
         w.write(Bytes::from_static(b"world")).await.expect("write");
         let staged = w.finish().await.expect("finish");
         assert_eq!(staged.len, 11);
-        assert_eq!(
-            staged.sha256,
-            <[u8; 32]>::from(Sha256::digest(b"hello world"))
-        );
+        assert_eq!(staged.xxh3, xxhash_rust::xxh3::xxh3_128(b"hello world"));
         let dest = dir.path().join("out");
         staged.commit(dest.clone()).await.expect("commit");
         assert_eq!(fs::read(&dest).expect("read"), b"hello world");
