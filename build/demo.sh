@@ -7,7 +7,12 @@ cd "$(dirname "$0")/.."
 PORT="${BROADCASTER_HTTP_PORT:-8080}"
 DATA="${DEMO_DATA_DIR:-./data/demo}"
 command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup first" >&2; exit 1; }
-command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl; }
+need_apt=()
+command -v curl >/dev/null || need_apt+=(curl)
+command -v protoc >/dev/null || need_apt+=(protobuf-compiler)  # etcd-client generates code at build time
+if ((${#need_apt[@]})); then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+fi
 
 echo "building release binaries (first time: about a minute)..."
 cargo build --release --bins -q

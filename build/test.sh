@@ -10,6 +10,8 @@ command -v curl >/dev/null || need_apt+=(curl)
 # A real 3-member etcd cluster backs the metadata tests.
 command -v etcd >/dev/null || need_apt+=(etcd-server)
 command -v etcdctl >/dev/null || need_apt+=(etcd-client)
+# etcd-client generates its gRPC code at build time.
+command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
 if ((${#need_apt[@]})); then
   log "apt-get install ${need_apt[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
