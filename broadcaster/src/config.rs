@@ -19,7 +19,7 @@ pub const DEFAULT_STALL_TIMEOUT_MS: u64 = 10_000;
 /// TCP connect timeout to a target.
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 3_000;
 /// After the body ended, how long a target may take to fsync and report its staged copy, or to commit.
-pub const DEFAULT_STAGE_TIMEOUT_MS: u64 = 120_000;
+pub const DEFAULT_STAGE_TIMEOUT_MS: u64 = 3_600_000;
 /// How long in-flight uploads may run after SIGTERM.
 pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 30;
 /// Embedded metadata by default.

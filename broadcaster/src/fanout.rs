@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use common::digest::Sha256Digest;
-use common::protocol::StagedReport;
+use common::protocol::{StagedReport, VideoMode, VideoReport, VIDEO_HEADER};
 use futures_util::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
@@ -41,6 +41,10 @@ pub enum Failure {
     TooLarge,
     /// The client went away or its body broke (no one hears the answer; logged).
     ClientGone,
+    /// A transcoding target refused the upload as no video (415) or a corrupt one (422).
+    Rejected(u16),
+    /// A video upload reached no target that transcodes (503).
+    NoTranscoder,
 }
 
 /// What one upload needs besides its body.
@@ -52,6 +56,35 @@ pub struct UploadRequest {
     pub expected_sha256: Option<Sha256Digest>,
     /// Content-Length the client announced, if any.
     pub declared_len: Option<u64>,
+    /// Whether a transcoding target must turn the upload into a video.
+    pub video: VideoMode,
+}
+
+/// How an upload ended.
+#[derive(Debug)]
+pub struct Finished {
+    /// The JSON summary.
+    pub summary: Summary,
+    /// Why the upload was not kept, if it was not.
+    pub failure: Option<Failure>,
+    /// The video a transcoding target made of it.
+    pub video: Option<VideoReport>,
+}
+
+/// Why a target's request failed, with the HTTP status it answered if it answered.
+#[derive(Debug)]
+struct LaneError {
+    status: Option<u16>,
+    message: String,
+}
+
+impl From<String> for LaneError {
+    fn from(message: String) -> Self {
+        Self {
+            status: None,
+            message,
+        }
+    }
 }
 
 /// Shared state of the fan-out: configuration and one HTTP client (its pool reuses target connections).
@@ -119,7 +152,11 @@ struct Lane {
     target: Target,
     /// Bounded queue into the target's request body; `None` once detached or ended.
     tx: Option<mpsc::Sender<Msg>>,
-    task: Option<JoinHandle<Result<StagedReport, String>>>,
+    task: Option<JoinHandle<Result<StagedReport, LaneError>>>,
+    /// The target's staged report, once it arrived and matched the upload.
+    report: Option<StagedReport>,
+    /// HTTP status of the target's refusal, if it refused.
+    refused: Option<u16>,
     sent: Arc<AtomicU64>,
     state: LaneState,
 }
@@ -143,7 +180,10 @@ impl Lane {
         self.tx = None;
         let why = match self.task.take() {
             Some(task) => match tokio::time::timeout(ABORT_TIMEOUT, task).await {
-                Ok(Ok(Err(e))) => e,
+                Ok(Ok(Err(e))) => {
+                    self.refused = e.status;
+                    e.message
+                }
                 Ok(Ok(Ok(_))) => "target answered before the upload ended".to_owned(),
                 Ok(Err(e)) => format!("target task failed: {e}"),
                 Err(_) => "target stopped reading".to_owned(),
@@ -183,7 +223,7 @@ impl Engine {
 
     /// Streams `body` to every target and commits or aborts. Never fails as a whole: the summary says what
     /// happened and the optional [`Failure`] why the upload was not kept.
-    pub async fn run<S, E>(&self, req: UploadRequest, body: S) -> (Summary, Option<Failure>)
+    pub async fn run<S, E>(&self, req: UploadRequest, body: S) -> Finished
     where
         S: Stream<Item = Result<Bytes, E>> + Send,
         E: std::fmt::Display,
@@ -194,7 +234,7 @@ impl Engine {
         let mut lanes: Vec<Lane> = cfg
             .targets
             .iter()
-            .map(|t| self.open_lane(t, &id, &req.name))
+            .map(|t| self.open_lane(t, &id, &req.name, req.video))
             .collect();
 
         let mut hasher = Sha256::new();
@@ -270,7 +310,28 @@ impl Engine {
             // Phase 1 ends: every live target gets a clean end of body and reports its staged copy.
             self.dispatch(&mut lanes, Msg::End).await;
             self.collect_staged(&mut lanes, total, &digest, &xxh3).await;
-            if staged(&lanes) < cfg.min_success {
+            let refused = lanes
+                .iter()
+                .find_map(|l| l.refused.filter(|s| *s == 415 || *s == 422));
+            let video = lanes
+                .iter()
+                .find_map(|l| l.report.as_ref().and_then(|r| r.video.clone()));
+            if let (VideoMode::Required, Some(status)) = (req.video, refused) {
+                failure = Some(Failure::Rejected(status));
+                error = lanes
+                    .iter()
+                    .find(|l| l.refused == Some(status))
+                    .and_then(|l| match &l.state {
+                        LaneState::Failed(e) => Some(e.clone()),
+                        _ => None,
+                    });
+            } else if req.video == VideoMode::Required && video.is_none() {
+                failure = Some(Failure::NoTranscoder);
+                error = Some(
+                    "no target transcoded the video: is a dash reader in BROADCASTER_HOST_LIST?"
+                        .into(),
+                );
+            } else if staged(&lanes) < cfg.min_success {
                 failure = Some(Failure::Quorum);
                 error = Some(quorum_error(&lanes, cfg.min_success));
             }
@@ -309,10 +370,21 @@ impl Engine {
             targets: lanes.iter().map(report).collect(),
         };
         log_summary(&summary, started.elapsed());
-        (summary, failure)
+        let video = if summary.outcome == Outcome::Committed {
+            lanes
+                .iter()
+                .find_map(|l| l.report.as_ref().and_then(|r| r.video.clone()))
+        } else {
+            None
+        };
+        Finished {
+            summary,
+            failure,
+            video,
+        }
     }
 
-    fn open_lane(&self, target: &Target, id: &str, name: &str) -> Lane {
+    fn open_lane(&self, target: &Target, id: &str, name: &str, video: VideoMode) -> Lane {
         let (tx, rx) = mpsc::channel(self.config.queue_depth);
         let sent = Arc::new(AtomicU64::new(0));
         let body = QueueBody {
@@ -322,28 +394,42 @@ impl Engine {
         };
         if target.is_ring {
             let task = tokio::spawn(self.cluster.clone().stage_chunks(id.to_owned(), body));
+            let task = tokio::spawn(async move {
+                task.await
+                    .map_err(|e| LaneError::from(format!("ring task: {e}")))?
+                    .map_err(LaneError::from)
+            });
             return Lane {
                 target: target.clone(),
                 tx: Some(tx),
                 task: Some(task),
                 sent,
                 state: LaneState::Live,
+                report: None,
+                refused: None,
             };
         }
         let request = self
             .client
             .put(target.stage_url(id, name))
+            .header(VIDEO_HEADER, video.as_str())
             .body(reqwest::Body::wrap_stream(body));
         let task = tokio::spawn(async move {
-            let resp = request.send().await.map_err(|e| describe(&e))?;
+            let resp = request
+                .send()
+                .await
+                .map_err(|e| LaneError::from(describe(&e)))?;
             let status = resp.status();
             if !status.is_success() {
                 let text = resp.text().await.unwrap_or_default();
-                return Err(format!("target answered {status}: {}", text.trim()));
+                return Err(LaneError {
+                    status: Some(status.as_u16()),
+                    message: format!("target answered {status}: {}", text.trim()),
+                });
             }
             resp.json::<StagedReport>()
                 .await
-                .map_err(|e| format!("bad staged report: {e}"))
+                .map_err(|e| LaneError::from(format!("bad staged report: {e}")))
         });
         Lane {
             target: target.clone(),
@@ -351,6 +437,8 @@ impl Engine {
             task: Some(task),
             sent,
             state: LaneState::Live,
+            report: None,
+            refused: None,
         }
     }
 
@@ -399,9 +487,15 @@ impl Engine {
                         timeout.as_millis()
                     )),
                     Ok(Err(e)) => LaneState::Failed(format!("target task failed: {e}")),
-                    Ok(Ok(Err(e))) => LaneState::Failed(e),
+                    Ok(Ok(Err(e))) => {
+                        lane.refused = e.status;
+                        LaneState::Failed(e.message)
+                    }
                     Ok(Ok(Ok(r))) => match r.verify(total, want, xxh3) {
-                        Ok(()) => LaneState::Staged,
+                        Ok(()) => {
+                            lane.report = Some(r);
+                            LaneState::Staged
+                        }
                         Err(e) => LaneState::Failed(e),
                     },
                 };

@@ -25,6 +25,8 @@ pub mod routes;
 pub use ring_client as ring;
 pub mod summary;
 pub mod target;
+pub mod video;
+pub mod web;
 
 use std::sync::Arc;
 

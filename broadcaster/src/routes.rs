@@ -12,6 +12,7 @@ use futures_util::TryStreamExt;
 use crate::error::BroadcastError;
 use crate::fanout::{Engine, Failure, UploadRequest};
 use crate::summary::Summary;
+use common::protocol::VideoMode;
 
 /// Builds the router.
 pub fn app(engine: Engine) -> Router {
@@ -23,12 +24,16 @@ pub fn app(engine: Engine) -> Router {
             put(|| async { BroadcastError::BadName(common::name::NameError::Empty) }),
         )
         .route("/broadcast", post(post_broadcast))
+        .route("/upload", post(crate::video::post_upload))
         .route("/files/{name}", get(get_file).head(get_file))
         .route(
             "/content/{id}/{file}",
             get(crate::content::get_content).head(crate::content::get_content),
         )
         .merge(crate::admin::routes())
+        .merge(crate::web::routes(crate::web::Assets::new(
+            std::env::var_os("BROADCASTER_WEB_DIR").unwrap_or_else(|| "./web".into()),
+        )))
         .fallback(not_found)
         // Upload bodies are streamed, never collected, so the whole-body limit is off.
         .layer(DefaultBodyLimit::disable())
@@ -84,14 +89,15 @@ async fn put_broadcast(
         name,
         expected_sha256,
         declared_len,
+        video: VideoMode::Skip,
     };
     // The fan-out runs in its own task so that a client hanging up cannot cancel it halfway: it sees the
     // body fail and aborts every target cleanly.
     let task = tokio::spawn(async move { engine.run(req, body.into_data_stream()).await });
-    let (summary, failure) = task
+    let done = task
         .await
         .map_err(|e| BroadcastError::Internal(e.to_string()))?;
-    Ok(respond(StatusCode::CREATED, summary, failure))
+    Ok(respond(StatusCode::CREATED, done.summary, done.failure))
 }
 
 /// `POST /broadcast`: multipart field `file`, named by the part's filename (the seed's client contract).
@@ -126,27 +132,36 @@ async fn post_broadcast(
                 name,
                 expected_sha256,
                 declared_len: None,
+                video: VideoMode::Skip,
             };
             return Ok(engine.run(req, field.map_err(|e| e.body_text())).await);
         }
         Err(BroadcastError::NoFileField)
     });
-    let (summary, failure) = task
+    let done = task
         .await
         .map_err(|e| BroadcastError::Internal(e.to_string()))??;
-    Ok(respond(StatusCode::OK, summary, failure))
+    Ok(respond(StatusCode::OK, done.summary, done.failure))
 }
 
-fn respond(ok: StatusCode, summary: Summary, failure: Option<Failure>) -> Response {
-    let status = match failure {
+/// The status an upload answers with.
+pub fn status_of(ok: StatusCode, failure: &Option<Failure>) -> StatusCode {
+    match failure {
         None => ok,
         Some(Failure::Quorum) => StatusCode::BAD_GATEWAY,
         Some(Failure::DigestMismatch) => StatusCode::UNPROCESSABLE_ENTITY,
         Some(Failure::TooLarge) => StatusCode::PAYLOAD_TOO_LARGE,
         // Nobody is listening any more; the status only shows in logs.
         Some(Failure::ClientGone) => StatusCode::BAD_REQUEST,
-    };
-    (status, Json(summary)).into_response()
+        Some(Failure::Rejected(code)) => {
+            StatusCode::from_u16(*code).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY)
+        }
+        Some(Failure::NoTranscoder) => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+fn respond(ok: StatusCode, summary: Summary, failure: Option<Failure>) -> Response {
+    (status_of(ok, &failure), Json(summary)).into_response()
 }
 
 /// `GET /files/{name}`: a raw upload stored on the ring, streamed back from live replicas.

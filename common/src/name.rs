@@ -40,6 +40,17 @@ pub fn validate_name(name: &str) -> Result<(), NameError> {
     Ok(())
 }
 
+/// The video id of an uploaded file: its name without the last extension (`clip.mp4` → `clip`).
+pub fn video_id(name: &str) -> Result<String, NameError> {
+    validate_name(name)?;
+    let id = match name.rsplit_once('.') {
+        Some((stem, _)) if !stem.is_empty() => stem,
+        _ => name,
+    };
+    validate_name(id)?;
+    Ok(id.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,6 +68,16 @@ mod tests {
         ] {
             assert_eq!(validate_name(n), Ok(()), "{n}");
         }
+    }
+
+    #[test]
+    fn video_ids() {
+        assert_eq!(video_id("clip.mp4").as_deref(), Ok("clip"));
+        assert_eq!(video_id("a.b.mp4").as_deref(), Ok("a.b"));
+        assert_eq!(video_id("noext").as_deref(), Ok("noext"));
+        assert_eq!(video_id(".mp4").as_deref(), Ok(".mp4"));
+        assert_eq!(video_id("...mp4"), Err(NameError::Dots));
+        assert!(video_id("").is_err());
     }
 
     #[test]

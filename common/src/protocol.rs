@@ -27,6 +27,57 @@ pub struct StagedReport {
     /// XXH3-128 of the staged bytes, 32 lowercase hex digits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub xxh3: Option<String>,
+    /// What a transcoding target made of the upload, once every file of it is durable on the ring.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub video: Option<VideoReport>,
+}
+
+/// A video transcoded to DASH and stored on the ring under `{id}/{file}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VideoReport {
+    /// The video id (the upload's name without its extension).
+    pub id: String,
+    /// Duration of the source.
+    pub duration_ms: u64,
+    /// Source width and height.
+    pub width: u32,
+    /// Source height.
+    pub height: u32,
+    /// Video representations in the ladder.
+    pub renditions: usize,
+    /// Every file written to the ring (manifest, init and media segments, poster).
+    pub files: Vec<String>,
+}
+
+/// Header on stage requests telling a transcoding target what the broadcaster expects of it.
+pub const VIDEO_HEADER: &str = "x-distributary-video";
+
+/// Value of [`VIDEO_HEADER`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VideoMode {
+    /// A raw upload: a transcoding target takes the bytes and makes nothing of them.
+    Skip,
+    /// A video upload (`POST /upload`): the target must transcode it, or refuse it (415/422).
+    Required,
+}
+
+impl VideoMode {
+    /// The header value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Skip => "skip",
+            Self::Required => "required",
+        }
+    }
+
+    /// Parses the header value; absent means [`VideoMode::Skip`].
+    pub fn parse(v: Option<&str>) -> Option<Self> {
+        match v.map(str::trim) {
+            None | Some("skip") => Some(Self::Skip),
+            Some("required") => Some(Self::Required),
+            Some(_) => None,
+        }
+    }
 }
 
 impl StagedReport {
@@ -77,8 +128,8 @@ mod tests {
     fn verify_reports() {
         let r = StagedReport {
             bytes: 3,
-            sha256: None,
             xxh3: Some("ab".into()),
+            ..Default::default()
         };
         assert!(r.verify(3, "s", "ab").is_ok());
         assert!(r.verify(4, "s", "ab").is_err());
@@ -92,7 +143,7 @@ mod tests {
         let r = StagedReport {
             bytes: 3,
             sha256: Some("s".into()),
-            xxh3: None,
+            ..Default::default()
         };
         assert!(r.verify(3, "s", "x").is_ok());
         assert!(r.verify(3, "t", "x").is_err());

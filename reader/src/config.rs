@@ -17,12 +17,20 @@ pub const DEFAULT_DATA_DIR: &str = "./data/reader";
 pub const DEFAULT_STAGING_TTL_SECS: u64 = 3600;
 /// How long in-flight requests may run after SIGTERM.
 pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 30;
+/// Where a dash reader finds the ring layout: the broadcaster's default, so a local setup needs nothing.
+pub const DEFAULT_METADATA: &str = "sqlite:./data/meta.db";
+/// Transcodes at once: ffmpeg already uses every core for one.
+pub const DEFAULT_TRANSCODE_CONCURRENCY: usize = 1;
+/// x264 preset: `veryfast` keeps a 2-core machine near real time for a 1080p ladder.
+pub const DEFAULT_FFMPEG_PRESET: &str = "veryfast";
 
 /// Where a reader puts what it receives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sink {
     /// Files on local disk, served back at `/files/{name}`.
     Disk,
+    /// Videos transcoded to MPEG-DASH onto the storage ring.
+    Dash,
 }
 
 /// Validated reader configuration.
@@ -44,6 +52,12 @@ pub struct Config {
     pub max_upload_bytes: Option<u64>,
     /// Grace period on shutdown.
     pub shutdown_grace: Duration,
+    /// Metadata store holding the ring layout (dash sink).
+    pub metadata: meta::MetaSpec,
+    /// Concurrent transcodes (dash sink); more uploads wait.
+    pub transcode_concurrency: usize,
+    /// x264 preset (dash sink).
+    pub ffmpeg_preset: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -56,6 +70,9 @@ struct RawConfig {
     staging_ttl_secs: Option<String>,
     max_upload_bytes: Option<String>,
     shutdown_grace_secs: Option<String>,
+    metadata: Option<String>,
+    transcode_concurrency: Option<String>,
+    ffmpeg_preset: Option<String>,
 }
 
 impl Config {
@@ -77,11 +94,12 @@ impl TryFrom<RawConfig> for Config {
     fn try_from(raw: RawConfig) -> Result<Self, EnvError> {
         let sink = match raw.sink.as_deref().map(str::trim) {
             None | Some("") | Some("disk") => Sink::Disk,
-            Some(s @ ("s3" | "dash")) => {
+            Some("dash") => Sink::Dash,
+            Some(s @ "s3") => {
                 return Err(EnvError::invalid(
                     "READER_SINK",
                     s,
-                    "this build has only the `disk` sink",
+                    "this build has the `disk` and `dash` sinks",
                 ))
             }
             Some(s) => {
@@ -110,7 +128,46 @@ impl TryFrom<RawConfig> for Config {
             0,
             u64::MAX,
         )?;
+        let metadata_raw = raw
+            .metadata
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .unwrap_or(DEFAULT_METADATA);
+        let metadata = meta::parse_spec(metadata_raw)
+            .map_err(|e| EnvError::invalid("READER_METADATA", metadata_raw, e))?;
+        let presets = [
+            "ultrafast",
+            "superfast",
+            "veryfast",
+            "faster",
+            "fast",
+            "medium",
+            "slow",
+            "slower",
+            "veryslow",
+        ];
+        let ffmpeg_preset = match raw.ffmpeg_preset.as_deref().map(str::trim) {
+            None | Some("") => DEFAULT_FFMPEG_PRESET.to_owned(),
+            Some(p) if presets.contains(&p) => p.to_owned(),
+            Some(p) => {
+                return Err(EnvError::invalid(
+                    "READER_FFMPEG_PRESET",
+                    p,
+                    format_args!("expected one of {}", presets.join(", ")),
+                ))
+            }
+        };
         Ok(Self {
+            metadata,
+            ffmpeg_preset,
+            transcode_concurrency: env::number(
+                "READER_TRANSCODE_CONCURRENCY",
+                raw.transcode_concurrency.as_deref(),
+                DEFAULT_TRANSCODE_CONCURRENCY,
+                1,
+                64,
+            )?,
             http_host: env::ip(
                 "READER_HTTP_HOST",
                 raw.http_host.as_deref(),
@@ -174,6 +231,10 @@ mod tests {
             ("READER_HTTP_PORT", "70000"),
             ("READER_BUFFER_SIZE", "abc"),
             ("READER_SINK", "tape"),
+            ("READER_SINK", "s3"),
+            ("READER_METADATA", "nosql:x"),
+            ("READER_FFMPEG_PRESET", "turbo"),
+            ("READER_TRANSCODE_CONCURRENCY", "0"),
             ("READER_HTTP_HOST", "not-an-ip"),
             ("READER_DATA_DIR", ""),
         ] {

@@ -99,6 +99,7 @@ impl DiskStore {
             bytes: staged.len,
             sha256: None,
             xxh3: Some(common::protocol::xxh3_hex(staged.xxh3)),
+            video: None,
         };
         let mut pending = self.pending();
         if pending.contains_key(id) {

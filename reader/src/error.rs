@@ -26,6 +26,12 @@ pub enum ReaderError {
     NoFileField,
     #[error("storage error: {0}")]
     Io(#[from] std::io::Error),
+    #[error("{message}")]
+    Video { status: u16, message: String },
+    #[error("storage ring: {0}")]
+    Ring(String),
+    #[error("bad {0} header")]
+    BadHeader(&'static str),
 }
 
 impl ReaderError {
@@ -40,6 +46,11 @@ impl ReaderError {
             Self::UnknownUpload(_) => StatusCode::NOT_FOUND,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Video { status, .. } => {
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY)
+            }
+            Self::Ring(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::BadHeader(_) => StatusCode::BAD_REQUEST,
         }
     }
 }

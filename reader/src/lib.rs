@@ -4,16 +4,21 @@
 //! - [`config`]: `READER_*` environment variables, validated.
 //! - [`error`]: the reader's error type and how each maps to an HTTP status.
 //! - [`disk`]: the disk sink: staging directory, pending uploads, commit by rename.
+//! - [`dash`]: probing, the ABR ladder, ffmpeg to MPEG-DASH, posters.
+//! - [`video`]: the dash sink: staged uploads transcoded onto the storage ring.
 //! - [`routes`]: the HTTP surface (stream protocol, the seed's `POST /upload`, `GET /files/{name}`).
 //!
 //! [`run`] serves a bound listener until a cancellation token fires; `main.rs` and the tests both call it.
 
 pub mod config;
+pub mod dash;
 pub mod disk;
 pub mod error;
 pub mod routes;
+pub mod video;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -29,8 +34,58 @@ pub async fn run(
 ) -> Result<(), ReaderError> {
     let store = Arc::new(disk::DiskStore::open(&config)?);
     store.clone().spawn_sweeper(shutdown.clone());
-    let app = routes::app(store, &config);
+    let video = match config.sink {
+        Sink::Disk => None,
+        Sink::Dash => Some(open_video_sink(&config, &shutdown).await?),
+    };
+    let app = routes::app(routes::AppState { disk: store, video });
     common::server::serve(listener, app, shutdown, config.shutdown_grace)
         .await
         .map_err(ReaderError::Io)
+}
+
+async fn open_video_sink(
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> Result<Arc<video::VideoSink>, ReaderError> {
+    let meta = meta::open(&config.metadata)
+        .await
+        .map_err(|e| ReaderError::Ring(format!("metadata store: {e}")))?;
+    let settings = ring_client::RingSettings {
+        // A dash reader never creates a layout (no initial nodes), so these only shape an unused default.
+        initial_nodes: Vec::new(),
+        replication: 2,
+        vnodes: 256,
+        chunk_size: 4 << 20,
+        connect_timeout: Duration::from_secs(3),
+        request_timeout: Duration::from_secs(30),
+    };
+    let cluster = ring_client::Cluster::open(meta, &settings)
+        .await
+        .map_err(|e| ReaderError::Ring(e.to_string()))?;
+    cluster.spawn_refresh(shutdown.clone());
+    let options = dash::TranscodeOptions {
+        segment_secs: 4,
+        preset: config.ffmpeg_preset.clone(),
+        threads: None,
+    };
+    let sink = Arc::new(video::VideoSink::new(
+        config.data_dir.join("staging"),
+        cluster,
+        config.transcode_concurrency,
+        options,
+        config.buffer_size,
+    ));
+    let (me, ttl, stop) = (sink.clone(), config.staging_ttl, shutdown.clone());
+    tokio::spawn(async move {
+        let period = (ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => me.sweep(ttl).await,
+            }
+        }
+    });
+    Ok(sink)
 }

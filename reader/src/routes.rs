@@ -8,15 +8,25 @@ use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
-use common::protocol::ErrorBody;
+use common::protocol::{ErrorBody, VideoMode, VIDEO_HEADER};
 use futures_util::TryStreamExt;
 
-use crate::config::Config;
 use crate::disk::DiskStore;
 use crate::error::ReaderError;
+use crate::video::VideoSink;
 
 /// Builds the router.
-pub fn app(store: Arc<DiskStore>, _config: &Config) -> Router {
+/// What the handlers share.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// Committed files and staged raw uploads.
+    pub disk: Arc<DiskStore>,
+    /// Present when `READER_SINK=dash`: the stream protocol goes to the transcoder instead.
+    pub video: Option<Arc<VideoSink>>,
+}
+
+/// Builds the router.
+pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/v1/uploads/{id}/{name}", put(stage))
@@ -27,7 +37,7 @@ pub fn app(store: Arc<DiskStore>, _config: &Config) -> Router {
         .fallback(not_found)
         // Upload bodies are streamed to disk, never collected, so the whole-body limit is off.
         .layer(DefaultBodyLimit::disable())
-        .with_state(store)
+        .with_state(state)
 }
 
 async fn not_found() -> Response {
@@ -41,12 +51,18 @@ async fn not_found() -> Response {
 }
 
 async fn stage(
-    State(store): State<Arc<DiskStore>>,
+    State(state): State<AppState>,
     Path((id, name)): Path<(String, String)>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ReaderError> {
     let started = std::time::Instant::now();
-    let report = store.stage(&id, &name, body.into_data_stream()).await;
+    let mode = VideoMode::parse(headers.get(VIDEO_HEADER).and_then(|v| v.to_str().ok()))
+        .ok_or(ReaderError::BadHeader(VIDEO_HEADER))?;
+    let report = match &state.video {
+        Some(video) => video.stage(&id, &name, mode, body.into_data_stream()).await,
+        None => state.disk.stage(&id, &name, body.into_data_stream()).await,
+    };
     match &report {
         Ok(r) => {
             tracing::info!(%id, %name, bytes = r.bytes, ms = started.elapsed().as_millis() as u64, "staged")
@@ -57,19 +73,28 @@ async fn stage(
 }
 
 async fn commit(
-    State(store): State<Arc<DiskStore>>,
+    State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ReaderError> {
-    let c = store.commit(&id).await?;
+    if let Some(video) = &state.video {
+        let v = video.commit(&id)?;
+        tracing::info!(%id, video = v.as_ref().map(|v| v.id.as_str()).unwrap_or("-"), "committed");
+        return Ok(Json(serde_json::json!({ "video": v })).into_response());
+    }
+    let c = state.disk.commit(&id).await?;
     tracing::info!(%id, name = %c.name, bytes = c.bytes, "committed");
     Ok(Json(c).into_response())
 }
 
 async fn abort(
-    State(store): State<Arc<DiskStore>>,
+    State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ReaderError> {
-    if store.abort(&id)? {
+    let had = match &state.video {
+        Some(video) => video.abort(&id).await?,
+        None => state.disk.abort(&id)?,
+    };
+    if had {
         tracing::info!(%id, "aborted");
     }
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -77,9 +102,10 @@ async fn abort(
 
 /// The seed's reader contract: multipart field `file`, named by the part's filename, stored at once.
 async fn seed_upload(
-    State(store): State<Arc<DiskStore>>,
+    State(state): State<AppState>,
     mut form: Multipart,
 ) -> Result<Response, ReaderError> {
+    let store = &state.disk;
     while let Some(field) = form
         .next_field()
         .await
@@ -98,14 +124,14 @@ async fn seed_upload(
 }
 
 async fn serve_file(
-    State(store): State<Arc<DiskStore>>,
+    State(state): State<AppState>,
     Path(name): Path<String>,
     method: Method,
     headers: HeaderMap,
 ) -> Result<Response, ReaderError> {
     common::name::validate_name(&name)?;
     Ok(common::serve::serve_file(
-        &store.file_path(&name),
+        &state.disk.file_path(&name),
         &method,
         &headers,
         "application/octet-stream",

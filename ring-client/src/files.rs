@@ -88,6 +88,7 @@ impl Cluster {
             bytes: total,
             sha256: None,
             xxh3: Some(common::protocol::xxh3_hex(hasher.digest128())),
+            video: None,
         })
     }
 

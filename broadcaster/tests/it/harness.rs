@@ -70,6 +70,28 @@ fn build_binaries() -> Result<PathBuf, String> {
     // Build into the very target directory this test executable came from (this honours
     // CARGO_TARGET_DIR, relative or not). `target/<triple>/<profile>` has no CACHEDIR.TAG
     // one level up; then the inherited environment decides.
+    // Cargo and nextest set the package's compile-time variables in the test's environment too
+    // (CARGO_MANIFEST_DIR, CARGO_PKG_*, ...). Passed on, build scripts that watch them (ring
+    // does) would look changed, and every test run would rebuild half the dependency graph.
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy();
+        if k.starts_with("CARGO_PKG_")
+            || k.starts_with("CARGO_BIN_")
+            || matches!(
+                k.as_ref(),
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_MANIFEST_LINKS"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_TARGET_TMPDIR"
+                    | "CARGO_RUSTC_CURRENT_DIR"
+                    | "OUT_DIR"
+            )
+        {
+            cmd.env_remove(&key);
+        }
+    }
     if let Some(target_dir) = dir.parent() {
         if target_dir.join("CACHEDIR.TAG").exists() {
             cmd.env("CARGO_TARGET_DIR", target_dir);
@@ -650,8 +672,24 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
     out
 }
 
+/// `data` in HTTP/1.1 chunked framing, cut into `piece`-byte chunks (pass the header
+/// `Transfer-Encoding: chunked` along with it).
+pub fn chunk_encode(data: &[u8], piece: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + data.len() / piece.max(1) * 8 + 8);
+    for c in data.chunks(piece.max(1)) {
+        out.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+        out.extend_from_slice(c);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"0\r\n\r\n");
+    out
+}
+
 /// Sends one request on a fresh connection, byte for byte as given (the path is not
 /// normalised or re-encoded), and reads the response until the server closes.
+///
+/// Unlike reqwest, this still reads the response when the server answers early and stops
+/// reading the body (then writing fails with EPIPE, but the answer is in the socket).
 pub async fn raw_request(
     addr: SocketAddr,
     method: &str,
@@ -720,6 +758,25 @@ pub async fn raw_request(
     RawResponse { status, body }
 }
 
+/// A raw `PUT` of `data` to `path`, sized (`Content-Length`) or chunked (64 KiB chunks).
+pub async fn raw_put(
+    addr: SocketAddr,
+    path: &str,
+    data: &[u8],
+    chunked: bool,
+    headers: &[(&str, &str)],
+) -> RawResponse {
+    let mut all: Vec<(&str, &str)> = headers.to_vec();
+    if chunked {
+        all.push(("Transfer-Encoding", "chunked"));
+        raw_request(addr, "PUT", path, &all, &chunk_encode(data, 64 * 1024)).await
+    } else {
+        let len = data.len().to_string();
+        all.push(("Content-Length", &len));
+        raw_request(addr, "PUT", path, &all, data).await
+    }
+}
+
 /// Polls `check` every 50 ms until it returns true or `timeout` passes; returns the last result.
 pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
 where
@@ -758,5 +815,8 @@ mod tests {
     #[test]
     fn dechunks() {
         assert_eq!(dechunk(b"3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n"), b"abcde");
+        let data: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+        assert_eq!(dechunk(&chunk_encode(&data, 77)), data);
+        assert_eq!(chunk_encode(b"", 10), b"0\r\n\r\n");
     }
 }

@@ -14,3 +14,5 @@ mod reader;
 mod ring;
 mod validation;
 mod verify;
+mod video;
+mod web;

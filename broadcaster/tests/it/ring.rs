@@ -14,14 +14,14 @@ use crate::harness::{
 const CHUNK: usize = 64 * 1024;
 
 /// A storage node with a data directory that outlives restarts.
-struct Node {
-    proc: Option<Proc>,
+pub struct Node {
+    pub proc: Option<Proc>,
     dir: PathBuf,
     port: u16,
 }
 
 impl Node {
-    fn start(dir: &Path, port: u16) -> Node {
+    pub fn start(dir: &Path, port: u16) -> Node {
         std::fs::create_dir_all(dir).expect("node dir");
         let mut cmd = service_command("storage-node");
         cmd.env("STORAGE_NODE_HTTP_HOST", "127.0.0.1")
@@ -36,7 +36,7 @@ impl Node {
         }
     }
 
-    fn addr(&self) -> String {
+    pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
 

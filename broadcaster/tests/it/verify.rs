@@ -8,7 +8,7 @@ use serde::Deserialize;
 use tokio::io::AsyncReadExt;
 
 use crate::data::{sha256_file, TestFile};
-use crate::harness::{client, eventually, Reader};
+use crate::harness::{client, eventually, RawResponse, Reader};
 
 /// The upload summary documented in README.md.
 #[derive(Debug, Deserialize)]
@@ -63,6 +63,14 @@ pub async fn summary(resp: reqwest::Response, expected: StatusCode) -> Summary {
     let status = resp.status();
     let text = resp.text().await.expect("response body");
     assert_eq!(status, expected, "unexpected status; body: {text}");
+    serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("body is not the documented JSON summary ({e}): {text}"))
+}
+
+/// The same for a response read off a raw socket.
+pub fn raw_summary(resp: &RawResponse, expected: u16) -> Summary {
+    let text = resp.text();
+    assert_eq!(resp.status, expected, "unexpected status; body: {text}");
     serde_json::from_str(&text)
         .unwrap_or_else(|e| panic!("body is not the documented JSON summary ({e}): {text}"))
 }

@@ -328,6 +328,7 @@ impl BlobStore {
             bytes: staged.header.len,
             sha256: Some(staged.header.sha256_hex()),
             xxh3: None,
+            video: None,
         };
         let mut pending = self.pending();
         // Two stages of one id may race; the first to finish wins and the other's staging is dropped.

@@ -1,0 +1,223 @@
+//! `POST /upload`: a video from the web form. The upload is fanned out like any other, with every
+//! transcoding target told that it must produce a video; the video is listed as `processing` while that
+//! runs and becomes `ready` only once the fan-out committed, that is once every DASH file is durable on the
+//! ring. A file that is not a video (415) or is corrupt (422) leaves nothing behind.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::{Multipart, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::Json;
+use common::protocol::{ErrorBody, VideoMode};
+use futures_util::TryStreamExt;
+use meta::{MetaError, VideoRecord};
+
+use crate::error::BroadcastError;
+use crate::fanout::{Engine, Failure, UploadRequest};
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+/// Why `POST /upload` failed, said to a browser or a script.
+struct UploadError {
+    status: StatusCode,
+    message: String,
+    html: bool,
+}
+
+impl IntoResponse for UploadError {
+    fn into_response(self) -> Response {
+        if self.html {
+            let page = format!(
+                "<!doctype html><meta charset=utf-8><title>Upload failed</title>\
+                 <p>Upload failed ({}): {}</p><p><a href=\"/\">Back</a></p>",
+                self.status.as_u16(),
+                escape(&self.message)
+            );
+            return (self.status, Html(page)).into_response();
+        }
+        (
+            self.status,
+            Json(ErrorBody {
+                error: self.message,
+            }),
+        )
+            .into_response()
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+/// Handles the web form's upload; 303 to `/` once the video is playable.
+pub async fn post_upload(
+    State(engine): State<Engine>,
+    headers: HeaderMap,
+    form: Multipart,
+) -> Response {
+    let html = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/html"));
+    let fail = |status: StatusCode, message: String| {
+        UploadError {
+            status,
+            message,
+            html,
+        }
+        .into_response()
+    };
+    // The work runs in its own task so that a browser closing the tab mid-upload cannot cancel it halfway:
+    // it sees the body fail and cleans up.
+    let task = tokio::spawn(async move { upload(engine, form).await });
+    match task.await {
+        Ok(Ok(id)) => {
+            tracing::info!(%id, "video ready");
+            (StatusCode::SEE_OTHER, [(header::LOCATION, "/")]).into_response()
+        }
+        Ok(Err((status, message))) => fail(status, message),
+        Err(e) => fail(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("upload task failed: {e}"),
+        ),
+    }
+}
+
+async fn upload(engine: Engine, mut form: Multipart) -> Result<String, (StatusCode, String)> {
+    let bad = |m: String| (StatusCode::BAD_REQUEST, m);
+    let field = loop {
+        let field = form
+            .next_field()
+            .await
+            .map_err(|e| bad(format!("malformed multipart body: {}", e.body_text())))?
+            .ok_or_else(|| bad("no file: the form has no `file` field".into()))?;
+        if field.name() == Some("file") {
+            break field;
+        }
+    };
+    let name = field.file_name().unwrap_or_default().to_owned();
+    if name.is_empty() {
+        return Err(bad("no file was chosen".into()));
+    }
+    common::name::validate_name(&name).map_err(|e| bad(format!("bad file name: {e}")))?;
+    let id = common::name::video_id(&name).map_err(|e| bad(format!("bad video id: {e}")))?;
+    if id.starts_with("raw.") {
+        // `raw.*` names the ring's chunks of raw uploads.
+        return Err(bad("video ids may not start with `raw.`".into()));
+    }
+    if engine.config().targets.is_empty() {
+        return Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            BroadcastError::NoTargets.to_string(),
+        ));
+    }
+
+    let meta = engine.cluster().meta().clone();
+    let record = VideoRecord {
+        id: id.clone(),
+        status: meta::VideoRecord::PROCESSING.to_owned(),
+        created_unix_ms: now_ms(),
+        duration_ms: None,
+        files: Vec::new(),
+        error: None,
+    };
+    match meta.create_video(&record).await {
+        Ok(()) => {}
+        Err(MetaError::AlreadyExists) => {
+            // A failed attempt may be retried under the same id; anything else keeps its id.
+            let existing = meta.get_video(&id).await.map_err(unavailable)?;
+            match existing {
+                Some(v) if v.status == meta::VideoRecord::FAILED => {
+                    meta.put_video(&record).await.map_err(unavailable)?
+                }
+                _ => return Err((StatusCode::CONFLICT, format!("video id `{id}` is taken"))),
+            }
+        }
+        Err(e) => return Err(unavailable(e)),
+    }
+
+    let req = UploadRequest {
+        name,
+        expected_sha256: None,
+        declared_len: None,
+        video: VideoMode::Required,
+    };
+    let done = engine.run(req, field.map_err(|e| e.body_text())).await;
+    match (done.failure, done.video) {
+        (None, Some(video)) => {
+            let ready = VideoRecord {
+                status: meta::VideoRecord::READY.to_owned(),
+                duration_ms: Some(video.duration_ms),
+                files: video.files,
+                ..record.clone()
+            };
+            if let Err(e) = meta.put_video(&ready).await {
+                // The files are on the ring but the catalogue could not say so: report, keep it retryable.
+                let _ = mark_failed(&meta, &record, &e.to_string()).await;
+                return Err(unavailable(e));
+            }
+            Ok(id)
+        }
+        (None, None) => {
+            let _ = meta.delete_video(&id).await;
+            Err((
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the upload committed but no target produced a video".into(),
+            ))
+        }
+        (Some(failure), _) => {
+            let status = crate::routes::status_of(StatusCode::OK, &Some(failure.clone()));
+            let message = done
+                .summary
+                .error
+                .clone()
+                .unwrap_or_else(|| "upload failed".into());
+            match failure {
+                // The client's fault: nothing of it stays, not even its name.
+                Failure::Rejected(_)
+                | Failure::ClientGone
+                | Failure::TooLarge
+                | Failure::DigestMismatch => {
+                    let _ = meta.delete_video(&id).await;
+                }
+                // Ours: the catalogue says so, and the id can be uploaded again.
+                Failure::Quorum | Failure::NoTranscoder => {
+                    let _ = mark_failed(&meta, &record, &message).await;
+                }
+            }
+            Err((status, message))
+        }
+    }
+}
+
+async fn mark_failed(
+    meta: &std::sync::Arc<dyn meta::MetaStore>,
+    record: &VideoRecord,
+    why: &str,
+) -> Result<(), MetaError> {
+    let failed = VideoRecord {
+        status: meta::VideoRecord::FAILED.to_owned(),
+        error: Some(why.to_owned()),
+        ..record.clone()
+    };
+    meta.put_video(&failed).await
+}
+
+fn unavailable(e: MetaError) -> (StatusCode, String) {
+    let status = if e.is_unavailable() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR
+    };
+    (status, format!("metadata store: {e}"))
+}

@@ -1,0 +1,305 @@
+//! Video end to end: the web form's `POST /upload` through a broadcaster to a disk reader and a dash
+//! reader (real ffmpeg), DASH files on a ring of real storage nodes, served back by `/content`.
+//! Clips are generated with ffmpeg's lavfi sources; nothing is committed to the repository.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::data::{multipart_body, multipart_content_type, Part};
+use crate::harness::{scratch_dir, Broadcaster, Reader};
+use crate::ring::Node;
+
+/// A test clip: `secs` seconds of test pattern and a tone, H.264/AAC in MP4 (index at the end, as most
+/// cameras write it).
+fn make_clip(dir: &Path, name: &str, secs: u32, size: &str) -> PathBuf {
+    let out = dir.join(name);
+    let status = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-y"])
+        .args([
+            "-f",
+            "lavfi",
+            "-i",
+            &format!("testsrc2=size={size}:rate=25"),
+        ])
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
+        .args([
+            "-t",
+            &secs.to_string(),
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-pix_fmt",
+            "yuv420p",
+        ])
+        .args(["-c:a", "aac", "-b:a", "96k"])
+        .arg(&out)
+        .status()
+        .expect("ffmpeg must be installed (build/test.sh installs it)");
+    assert!(status.success(), "ffmpeg could not make the test clip");
+    out
+}
+
+/// The full local topology: three storage nodes, a disk reader, a dash reader, a broadcaster.
+struct Site {
+    _dir: tempfile::TempDir,
+    nodes: Vec<Node>,
+    disk: Reader,
+    dash: Reader,
+    broadcaster: Broadcaster,
+    env: Vec<(String, String)>,
+}
+
+impl Site {
+    fn start() -> Site {
+        let dir = scratch_dir("video-");
+        let db = format!("sqlite:{}", dir.path().join("meta.db").display());
+        let nodes: Vec<Node> = (0..3)
+            .map(|i| Node::start(&dir.path().join(format!("n{i}")), 0))
+            .collect();
+        let members = nodes.iter().map(|n| n.addr()).collect::<Vec<_>>().join(";");
+        // The broadcaster seeds the layout; the dash reader reads it from the same store.
+        let env: Vec<(String, String)> = vec![
+            ("BROADCASTER_METADATA".into(), db.clone()),
+            ("BROADCASTER_STORAGE_NODES".into(), members),
+            ("BROADCASTER_REPLICATION".into(), "2".into()),
+        ];
+        let disk = Reader::start_with(&[]);
+        let seed = start_broadcaster(&[disk.target()], &env);
+        drop(seed);
+        let dash = Reader::start_with(&[
+            ("READER_SINK", "dash"),
+            ("READER_METADATA", &db),
+            ("READER_FFMPEG_PRESET", "ultrafast"),
+        ]);
+        let broadcaster = start_broadcaster(&[disk.target(), dash.target()], &env);
+        Site {
+            _dir: dir,
+            nodes,
+            disk,
+            dash,
+            broadcaster,
+            env,
+        }
+    }
+
+    fn restart_broadcaster(&mut self) {
+        let targets = [self.disk.target(), self.dash.target()];
+        self.broadcaster = start_broadcaster(&targets, &self.env);
+    }
+
+    fn url(&self, path: &str) -> String {
+        self.broadcaster.url(path)
+    }
+}
+
+fn start_broadcaster(targets: &[String], env: &[(String, String)]) -> Broadcaster {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    Broadcaster::start(targets, &env)
+}
+
+fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(300))
+        .build()
+        .expect("client")
+}
+
+async fn upload(site: &Site, filename: &str, data: &[u8]) -> (u16, String, Option<String>) {
+    let body = multipart_body(&[Part {
+        name: "file",
+        filename: Some(filename),
+        data,
+    }]);
+    let resp = no_redirects()
+        .post(site.url("/upload"))
+        .header("content-type", multipart_content_type())
+        .body(body)
+        .send()
+        .await
+        .expect("POST /upload");
+    let status = resp.status().as_u16();
+    let location = resp
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    (status, resp.text().await.unwrap_or_default(), location)
+}
+
+async fn blobs_with_prefix(nodes: &[Node], prefix: &str) -> Vec<String> {
+    let mut keys = std::collections::BTreeSet::new();
+    for n in nodes.iter().filter(|n| n.proc.is_some()) {
+        let Ok(resp) = reqwest::get(format!("http://{}/v1/blobs?prefix={prefix}", n.addr())).await
+        else {
+            continue;
+        };
+        let v: serde_json::Value = resp.json().await.expect("list json");
+        for b in v["blobs"].as_array().expect("blobs") {
+            keys.insert(b["key"].as_str().expect("key").to_owned());
+        }
+    }
+    keys.into_iter().collect()
+}
+
+/// Every file of the video answers 200 with the right media type.
+async fn assert_playable(site: &Site, id: &str) -> usize {
+    let client = no_redirects();
+    let manifest = client
+        .get(site.url(&format!("/content/{id}/manifest.mpd")))
+        .send()
+        .await
+        .expect("manifest");
+    assert_eq!(manifest.status(), 200);
+    assert_eq!(manifest.headers()["content-type"], "application/dash+xml");
+    let mpd = manifest.text().await.expect("mpd text");
+    assert!(mpd.contains("<MPD"), "{mpd}");
+    let video_reps = mpd
+        .split("<Representation")
+        .skip(1)
+        .filter(|r| r.contains("video/mp4") || r.contains("width="))
+        .count();
+    assert!(
+        video_reps >= 2,
+        "several video representations expected:\n{mpd}"
+    );
+    let files = blobs_with_prefix(&site.nodes, &format!("{id}/")).await;
+    assert!(
+        files.iter().any(|f| f.ends_with("/init-0.m4s")),
+        "{files:?}"
+    );
+    assert!(
+        files.iter().any(|f| f.ends_with("/chunk-0-00001.m4s")),
+        "{files:?}"
+    );
+    assert!(
+        files.iter().any(|f| f.ends_with("/poster.jpg")),
+        "{files:?}"
+    );
+    for key in &files {
+        let file = key.split_once('/').expect("id/file").1;
+        let resp = client
+            .get(site.url(&format!("/content/{id}/{file}")))
+            .send()
+            .await
+            .expect("segment");
+        assert_eq!(resp.status(), 200, "{key}");
+        if file.ends_with(".m4s") {
+            assert_eq!(resp.headers()["content-type"], "video/mp4", "{key}");
+            assert!(resp.headers()["cache-control"]
+                .to_str()
+                .expect("ascii")
+                .contains("immutable"));
+        }
+        assert!(
+            !resp.bytes().await.expect("body").is_empty(),
+            "{key} is empty"
+        );
+    }
+    files.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_video_uploaded_through_the_form_becomes_playable_and_stays_so() {
+    let mut site = Site::start();
+    let media = scratch_dir("clips-");
+    let clip = std::fs::read(make_clip(media.path(), "clip.mp4", 10, "1280x720")).expect("clip");
+
+    let (status, body, location) = upload(&site, "clip.mp4", &clip).await;
+    assert_eq!(status, 303, "{body}");
+    assert_eq!(location.as_deref(), Some("/"));
+    let files = assert_playable(&site, "clip").await;
+    assert!(
+        files > 8,
+        "a ladder of 3 renditions and audio has many files ({files})"
+    );
+    // The raw upload reached the disk reader too.
+    assert_eq!(
+        std::fs::read(site.disk.files_dir().join("clip.mp4")).expect("disk copy"),
+        clip
+    );
+
+    // Ranges, missing files, malformed paths.
+    let client = no_redirects();
+    let resp = client
+        .get(site.url("/content/clip/init-0.m4s"))
+        .header("Range", "bytes=0-9")
+        .send()
+        .await
+        .expect("range");
+    assert_eq!(resp.status(), 206);
+    assert_eq!(resp.bytes().await.expect("body").len(), 10);
+    for (path, want) in [
+        ("/content/clip/chunk-0-99999.m4s", 404),
+        ("/content/nope/manifest.mpd", 404),
+        ("/content/clip/a%2Fb", 400),
+        ("/content/..%2Fetc/passwd", 400),
+        ("/content/clip/a%00b", 400),
+        ("/no/such/route", 404),
+    ] {
+        let status = client
+            .get(site.url(path))
+            .send()
+            .await
+            .expect("get")
+            .status();
+        assert_eq!(status, want, "{path}");
+    }
+
+    // Duplicate id, no file.
+    let (status, body, _) = upload(&site, "clip.mp4", &clip).await;
+    assert_eq!(status, 409, "{body}");
+    let resp = client
+        .post(site.url("/upload"))
+        .header("content-type", multipart_content_type())
+        .body(multipart_body(&[Part {
+            name: "other",
+            filename: None,
+            data: b"x",
+        }]))
+        .send()
+        .await
+        .expect("no file");
+    assert_eq!(resp.status(), 400);
+
+    // A storage node dies: with R=2 the video still plays.
+    site.nodes[1].proc.as_mut().expect("running").kill9();
+    site.nodes[1].proc = None;
+    assert_playable(&site, "clip").await;
+
+    // The broadcaster restarts: the catalogue and the files are still there.
+    site.restart_broadcaster();
+    assert_playable(&site, "clip").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_is_not_a_video_is_refused_and_leaves_nothing() {
+    let site = Site::start();
+    let (status, body, _) = upload(
+        &site,
+        "notes.mp4",
+        b"these are not the frames you are looking for\n",
+    )
+    .await;
+    assert!(status == 415 || status == 422, "{status}: {body}");
+    assert!(blobs_with_prefix(&site.nodes, "notes/").await.is_empty());
+    let staging: Vec<_> = std::fs::read_dir(site.dash.staging_dir())
+        .expect("staging dir")
+        .collect();
+    assert!(
+        staging.is_empty(),
+        "dash reader staging must be empty: {staging:?}"
+    );
+    // The id is free again: nothing of the refused upload stays in the catalogue.
+    let media = scratch_dir("clips-");
+    let clip = std::fs::read(make_clip(media.path(), "notes.mp4", 3, "640x360")).expect("clip");
+    let (status, body, _) = upload(&site, "notes.mp4", &clip).await;
+    assert_eq!(status, 303, "{body}");
+    assert!(site
+        .disk
+        .committed_names()
+        .contains(&"notes.mp4".to_owned()));
+}

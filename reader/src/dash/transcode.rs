@@ -1,0 +1,613 @@
+//! Running ffmpeg, handing out each finished file while it runs, and checking the result.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncReadExt;
+use tokio::process::{Child, ChildStderr, Command};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::mpd;
+use super::probe::{probe_detail, ProbeDetail};
+use super::{ffmpeg_args, DashError, Rendition, TranscodeOptions, MANIFEST};
+
+/// How often the output directory is listed while ffmpeg runs. A segment is several seconds of encoding, so
+/// 150 ms adds little latency and costs a `readdir` of a few dozen entries.
+const POLL: Duration = Duration::from_millis(150);
+/// How much of ffmpeg's stderr is kept for [`DashError::Ffmpeg`].
+const STDERR_TAIL: usize = 2048;
+/// Largest manifest accepted when validating (ffmpeg's are a few KiB).
+const MAX_MANIFEST: u64 = 4 << 20;
+
+/// What a successful [`transcode`] produced.
+#[derive(Debug, Clone)]
+pub struct TranscodeReport {
+    /// Every file name in the order it was sent on `done`; `manifest.mpd` is last.
+    pub files: Vec<String>,
+    /// Representations in the manifest (video renditions plus audio).
+    pub representations: usize,
+    /// Media segments (`chunk-*`) over all representations.
+    pub segments: usize,
+    /// From the call to the manifest being sent.
+    pub elapsed: Duration,
+    /// From the call to ffmpeg's exit: files sent earlier than this were streamed while ffmpeg was running.
+    pub ffmpeg_elapsed: Duration,
+}
+
+/// A DASH output file the muxer writes, by what it is rather than by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Output {
+    Init { rep: u32 },
+    Chunk { rep: u32, number: u64 },
+}
+
+impl Output {
+    fn file_name(self) -> String {
+        match self {
+            Self::Init { rep } => format!("init-{rep}.m4s"),
+            Self::Chunk { rep, number } => format!("chunk-{rep}-{number:05}.m4s"),
+        }
+    }
+
+    /// Parses `init-{rep}.m4s` / `chunk-{rep}-{number:05}.m4s`, with an optional `.tmp` suffix (second value).
+    /// Only the canonical spelling is accepted, so a name maps to exactly one output and back.
+    fn parse(name: &str) -> Option<(Self, bool)> {
+        let (base, tmp) = match name.strip_suffix(".tmp") {
+            Some(base) => (base, true),
+            None => (name, false),
+        };
+        let stem = base.strip_suffix(".m4s")?;
+        let out = if let Some(rep) = stem.strip_prefix("init-") {
+            Self::Init {
+                rep: digits(rep)?.try_into().ok()?,
+            }
+        } else {
+            let (rep, number) = stem.strip_prefix("chunk-")?.split_once('-')?;
+            Self::Chunk {
+                rep: digits(rep)?.try_into().ok()?,
+                number: digits(number)?,
+            }
+        };
+        (out.file_name() == base).then_some((out, tmp))
+    }
+
+    fn rep(self) -> u32 {
+        match self {
+            Self::Init { rep } | Self::Chunk { rep, .. } => rep,
+        }
+    }
+}
+
+fn digits(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// Tracks the output directory and decides when a file is complete.
+///
+/// ffmpeg 5.1's dash muxer (checked with strace on Debian 12's 5.1.x) writes each media segment to
+/// `chunk-….m4s.tmp`, closes it and renames it into place, whenever the output protocol is `file` (which
+/// [`ffmpeg_args`] guarantees with a `file:` URL); the manifest likewise goes through `manifest.mpd.tmp`. Init
+/// segments are *not* renamed: `init-{rep}.m4s` is created under its final name, written and closed before the
+/// first media segment of that representation is opened. Hence:
+///
+/// - a `chunk-…` under its final name is complete once the muxer is seen using `.tmp` files at all; until then
+///   (or with a muxer that writes in place) it is complete once a later chunk of the same representation exists;
+/// - an `init-{rep}` is complete once any chunk of that representation exists (final or `.tmp`);
+/// - everything present is complete once ffmpeg has exited successfully.
+#[derive(Debug)]
+struct Watcher {
+    dir: PathBuf,
+    rename_seen: bool,
+    sent: BTreeSet<Output>,
+    /// Finished files in the state of the last scan.
+    present: BTreeSet<Output>,
+    /// `.tmp` files in the state of the last scan.
+    partial: Vec<String>,
+}
+
+impl Watcher {
+    fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_owned(),
+            rename_seen: false,
+            sent: BTreeSet::new(),
+            present: BTreeSet::new(),
+            partial: Vec::new(),
+        }
+    }
+
+    /// Lists the directory and returns the outputs that became complete since the last call, inits first, then
+    /// chunks in segment order.
+    async fn scan(&mut self, exited: bool) -> Result<Vec<Output>, DashError> {
+        let io_err = |e| DashError::io(format!("cannot list {}", self.dir.display()), e);
+        let mut entries = tokio::fs::read_dir(&self.dir).await.map_err(io_err)?;
+        self.present.clear();
+        self.partial.clear();
+        // Highest chunk number per representation, counting `.tmp` files: proof that earlier files are closed.
+        let mut newest: BTreeMap<u32, u64> = BTreeMap::new();
+        while let Some(entry) = entries.next_entry().await.map_err(io_err)? {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.ends_with(".tmp") {
+                self.partial.push(name.to_owned());
+            }
+            let Some((out, tmp)) = Output::parse(name) else {
+                continue;
+            };
+            if let Output::Chunk { rep, number } = out {
+                let n = newest.entry(rep).or_insert(number);
+                *n = (*n).max(number);
+                self.rename_seen |= tmp;
+            }
+            if !tmp {
+                self.present.insert(out);
+            }
+        }
+        let mut ready: Vec<Output> = self
+            .present
+            .iter()
+            .copied()
+            .filter(|out| !self.sent.contains(out))
+            .filter(|&out| {
+                exited
+                    || match out {
+                        Output::Init { rep } => newest.contains_key(&rep),
+                        Output::Chunk { rep, number } => {
+                            self.rename_seen || newest.get(&rep).is_some_and(|&n| n > number)
+                        }
+                    }
+            })
+            .collect();
+        ready.sort_by_key(|out| match *out {
+            Output::Init { rep } => (0, 0, rep),
+            Output::Chunk { rep, number } => (1, number, rep),
+        });
+        Ok(ready)
+    }
+}
+
+/// Aborts a spawned task when dropped, so an early return never leaves a stray probe running.
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Transcodes `input` into the DASH ladder in `out_dir` with one ffmpeg run (see [`ffmpeg_args`]).
+///
+/// While ffmpeg runs, every `init-*.m4s` and `chunk-*.m4s` is sent on `done` (as `out_dir/name`) exactly once,
+/// as soon as it is complete, so the caller can replicate segments while later ones are still being encoded.
+/// `manifest.mpd` is sent last, once, after ffmpeg exited successfully and the output was validated: the
+/// manifest exists, lists exactly the expected representations with the ladder's sizes, every representation
+/// has its init segment and every chunk the manifest names (and no others), and each video representation's
+/// segment count matches the source duration (±1) and its timeline covers the source.
+///
+/// `out_dir` is created if needed and must be empty (stale files would be sent as if they were new). On error,
+/// whatever ffmpeg wrote stays in `out_dir` for the caller to remove along with what it already replicated.
+///
+/// Errors: [`DashError::Cancelled`] when `cancel` fires or `done`'s receiver is dropped (ffmpeg is killed and
+/// reaped before returning); [`DashError::Ffmpeg`] when ffmpeg fails; [`DashError::Corrupt`] /
+/// [`DashError::NotVideo`] when the source or the output does not hold up. Dropping the future kills ffmpeg too.
+pub async fn transcode(
+    input: &Path,
+    out_dir: &Path,
+    ladder: &[Rendition],
+    has_audio: bool,
+    opts: &TranscodeOptions,
+    done: mpsc::Sender<PathBuf>,
+    cancel: CancellationToken,
+) -> Result<TranscodeReport, DashError> {
+    let started = Instant::now();
+    if ladder.is_empty() {
+        return Err(DashError::Invalid("the ladder has no renditions".into()));
+    }
+    super::file_url(input)?;
+    super::file_url(out_dir)?;
+    prepare_out_dir(out_dir).await?;
+
+    // The output check needs the source duration. Probing takes tens of milliseconds, so it runs alongside
+    // ffmpeg instead of in front of it.
+    let probe = {
+        let input = input.to_owned();
+        AbortOnDrop(tokio::spawn(async move { probe_detail(&input).await }))
+    };
+
+    let mut child = Command::new("ffmpeg")
+        .args(ffmpeg_args(input, out_dir, ladder, has_audio, opts))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|source| DashError::Spawn {
+            program: "ffmpeg",
+            source,
+        })?;
+    // stderr is drained concurrently: a full pipe would block ffmpeg.
+    let tail = child
+        .stderr
+        .take()
+        .map(|e| AbortOnDrop(tokio::spawn(read_tail(e, STDERR_TAIL))));
+    tracing::debug!(pid = child.id(), input = %input.display(), out = %out_dir.display(), "ffmpeg started");
+
+    let mut watcher = Watcher::new(out_dir);
+    let mut files = Vec::new();
+    let status = match watch(&mut child, &mut watcher, &mut files, &done, &cancel).await {
+        Ok(status) => status,
+        Err(e) => {
+            // Kill *and reap*, so when this returns no ffmpeg of ours is left, not even as a zombie.
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            return Err(e);
+        }
+    };
+    let ffmpeg_elapsed = started.elapsed();
+    let stderr_tail = match tail {
+        Some(mut t) => (&mut t.0).await.unwrap_or_default(),
+        None => String::new(),
+    };
+    if !status.success() {
+        return Err(DashError::Ffmpeg {
+            status,
+            stderr_tail,
+        });
+    }
+
+    let remaining = watcher.scan(true).await?;
+    let detail = {
+        let mut probe = probe;
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => return Err(DashError::Cancelled),
+            joined = &mut probe.0 => {
+                joined.map_err(|e| DashError::io("probe task", std::io::Error::other(e)))??
+            }
+        }
+    };
+    let (representations, segments) =
+        validate(out_dir, ladder, has_audio, opts, &detail, &watcher).await?;
+
+    for out in remaining {
+        send(&done, out_dir.join(out.file_name()), &cancel).await?;
+        watcher.sent.insert(out);
+        files.push(out.file_name());
+    }
+    send(&done, out_dir.join(MANIFEST), &cancel).await?;
+    files.push(MANIFEST.to_owned());
+    let elapsed = started.elapsed();
+    tracing::debug!(
+        files = files.len(),
+        ?elapsed,
+        ?ffmpeg_elapsed,
+        "transcode done"
+    );
+    Ok(TranscodeReport {
+        files,
+        representations,
+        segments,
+        elapsed,
+        ffmpeg_elapsed,
+    })
+}
+
+/// Polls the output while ffmpeg runs and sends each finished file; returns ffmpeg's exit status.
+async fn watch(
+    child: &mut Child,
+    watcher: &mut Watcher,
+    files: &mut Vec<String>,
+    done: &mpsc::Sender<PathBuf>,
+    cancel: &CancellationToken,
+) -> Result<ExitStatus, DashError> {
+    let mut tick = tokio::time::interval(POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => return Err(DashError::Cancelled),
+            status = child.wait() => {
+                return status.map_err(|e| DashError::io("waiting for ffmpeg", e));
+            }
+            _ = tick.tick() => {
+                for out in watcher.scan(false).await? {
+                    send(done, watcher.dir.join(out.file_name()), cancel).await?;
+                    watcher.sent.insert(out);
+                    files.push(out.file_name());
+                }
+            }
+        }
+    }
+}
+
+async fn send(
+    done: &mpsc::Sender<PathBuf>,
+    path: PathBuf,
+    cancel: &CancellationToken,
+) -> Result<(), DashError> {
+    tokio::select! {
+        biased;
+        () = cancel.cancelled() => Err(DashError::Cancelled),
+        sent = done.send(path) => sent.map_err(|_| DashError::Cancelled),
+    }
+}
+
+/// Creates `dir` (the dash muxer does not) and insists it is empty.
+async fn prepare_out_dir(dir: &Path) -> Result<(), DashError> {
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(|e| DashError::io(format!("cannot create {}", dir.display()), e))?;
+    let mut entries = tokio::fs::read_dir(dir)
+        .await
+        .map_err(|e| DashError::io(format!("cannot list {}", dir.display()), e))?;
+    let first = entries
+        .next_entry()
+        .await
+        .map_err(|e| DashError::io(format!("cannot list {}", dir.display()), e))?;
+    if let Some(entry) = first {
+        return Err(DashError::Invalid(format!(
+            "output directory {} is not empty (holds {})",
+            dir.display(),
+            entry.file_name().to_string_lossy()
+        )));
+    }
+    Ok(())
+}
+
+/// Reads a pipe to the end, keeping only the last `cap` bytes, starting at a line boundary when cut.
+async fn read_tail(mut r: ChildStderr, cap: usize) -> String {
+    let mut buf = Vec::with_capacity(cap * 2);
+    let mut chunk = [0u8; 4096];
+    let mut cut = false;
+    loop {
+        match r.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                if buf.len() > cap * 2 {
+                    buf.drain(..buf.len() - cap);
+                    cut = true;
+                }
+            }
+        }
+    }
+    if buf.len() > cap {
+        buf.drain(..buf.len() - cap);
+        cut = true;
+    }
+    let mut s = String::from_utf8_lossy(&buf).into_owned();
+    if cut {
+        if let Some(i) = s.find('\n') {
+            s.drain(..=i);
+        }
+    }
+    s.trim().to_owned()
+}
+
+/// Checks ffmpeg's output against the request and the source; returns (representations, media segments).
+async fn validate(
+    out_dir: &Path,
+    ladder: &[Rendition],
+    has_audio: bool,
+    opts: &TranscodeOptions,
+    detail: &ProbeDetail,
+    watcher: &Watcher,
+) -> Result<(usize, usize), DashError> {
+    if let Some(tmp) = watcher.partial.first() {
+        return Err(DashError::Corrupt(format!(
+            "ffmpeg exited but left the unfinished file {tmp}"
+        )));
+    }
+    let manifest = out_dir.join(MANIFEST);
+    let len = match tokio::fs::metadata(&manifest).await {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(DashError::Corrupt("ffmpeg produced no manifest".into()))
+        }
+        Err(e) => {
+            return Err(DashError::io(
+                format!("cannot read {}", manifest.display()),
+                e,
+            ))
+        }
+    };
+    if len > MAX_MANIFEST {
+        return Err(DashError::Corrupt(format!(
+            "the manifest is implausibly large ({len} bytes)"
+        )));
+    }
+    let xml = tokio::fs::read_to_string(&manifest)
+        .await
+        .map_err(|e| DashError::io(format!("cannot read {}", manifest.display()), e))?;
+    let reps = mpd::representations(&xml)
+        .map_err(|e| DashError::Corrupt(format!("unreadable manifest: {e}")))?;
+
+    let expected = ladder.len() + usize::from(has_audio);
+    if reps.len() != expected {
+        return Err(DashError::Corrupt(format!(
+            "the manifest lists {} representations, expected {expected}",
+            reps.len()
+        )));
+    }
+
+    let seg = f64::from(opts.segment_secs.max(1));
+    let video_secs = detail.video_duration_ms as f64 / 1000.0;
+    let expected_video_segments = (video_secs / seg).ceil() as u64;
+    let all_secs = detail.probe.duration_ms as f64 / 1000.0;
+    let max_segments = (all_secs / seg).ceil() as u64 + 1;
+    let mut total = 0usize;
+
+    for (i, rep) in reps.iter().enumerate() {
+        let id = u32::try_from(i).map_err(|_| DashError::Invalid("too many renditions".into()))?;
+        if rep.id != id.to_string() {
+            return Err(DashError::Corrupt(format!(
+                "representation #{i} has id {:?}, expected {id}",
+                rep.id
+            )));
+        }
+        match ladder.get(i) {
+            Some(r)
+                if rep.kind != "video"
+                    || rep.width != Some(r.width)
+                    || rep.height != Some(r.height) =>
+            {
+                return Err(DashError::Corrupt(format!(
+                    "representation {id} is {} {:?}x{:?}, expected video {}x{}",
+                    rep.kind, rep.width, rep.height, r.width, r.height
+                )));
+            }
+            Some(_) => {}
+            None if rep.kind != "audio" => {
+                return Err(DashError::Corrupt(format!(
+                    "representation {id} is {}, expected audio",
+                    rep.kind
+                )));
+            }
+            None => {}
+        }
+        if !watcher.present.contains(&Output::Init { rep: id }) {
+            return Err(DashError::Corrupt(format!(
+                "representation {id} has no init segment"
+            )));
+        }
+        let on_disk: Vec<u64> = watcher
+            .present
+            .iter()
+            .filter_map(|out| match *out {
+                Output::Chunk { rep, number } if rep == id => Some(number),
+                _ => None,
+            })
+            .collect();
+        let count = rep.segments.unwrap_or(on_disk.len() as u64);
+        if count == 0 {
+            return Err(DashError::Corrupt(format!(
+                "representation {id} has no segments (the source decoded to nothing)"
+            )));
+        }
+        let wanted: Vec<u64> = (rep.start_number..rep.start_number + count).collect();
+        if rep.start_number != 1 || on_disk != wanted {
+            return Err(DashError::Corrupt(format!(
+                "representation {id}: the manifest names {count} segments from {}, the directory holds {}",
+                rep.start_number,
+                on_disk.len()
+            )));
+        }
+        if rep.kind == "video" {
+            if count.abs_diff(expected_video_segments) > 1 {
+                return Err(DashError::Corrupt(format!(
+                    "representation {id} has {count} segments, expected about {expected_video_segments} for \
+                     {video_secs:.1} s of video"
+                )));
+            }
+            // The count alone lets a short clip lose a third of its length; the timeline must cover the source
+            // within half a segment or 10 %, whichever is larger (a truncated file decodes "successfully").
+            if let Some(covered) = rep.timeline_secs {
+                let slack = (seg / 2.0).max(video_secs * 0.1);
+                if covered + slack < video_secs {
+                    return Err(DashError::Corrupt(format!(
+                        "only {covered:.1} s of {video_secs:.1} s could be decoded (the file is truncated or damaged)"
+                    )));
+                }
+            }
+        } else if count > max_segments {
+            return Err(DashError::Corrupt(format!(
+                "representation {id} has {count} segments, more than {max_segments} for {all_secs:.1} s"
+            )));
+        }
+        total += on_disk.len();
+    }
+    let extra = watcher
+        .present
+        .iter()
+        .find(|out| out.rep() as usize >= expected);
+    if let Some(out) = extra {
+        return Err(DashError::Corrupt(format!(
+            "unexpected output file {}",
+            out.file_name()
+        )));
+    }
+    Ok((reps.len(), total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_names_round_trip() {
+        assert_eq!(
+            Output::parse("init-0.m4s"),
+            Some((Output::Init { rep: 0 }, false))
+        );
+        assert_eq!(
+            Output::parse("chunk-3-00012.m4s.tmp"),
+            Some((Output::Chunk { rep: 3, number: 12 }, true))
+        );
+        assert_eq!(
+            Output::parse("chunk-1-123456.m4s"),
+            Some((
+                Output::Chunk {
+                    rep: 1,
+                    number: 123_456
+                },
+                false
+            ))
+        );
+        for bad in [
+            "manifest.mpd",
+            "init-.m4s",
+            "init-01.m4s",
+            "chunk-0-1.m4s",
+            "chunk-0-00001.mp4",
+            "chunk--00001.m4s",
+            "chunk-0-0000a.m4s",
+            "init-99999999999.m4s",
+        ] {
+            assert_eq!(Output::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn completion_rules() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let touch = |name: &str| std::fs::write(dir.path().join(name), b"x").expect("write");
+        let mut w = Watcher::new(dir.path());
+
+        // In-place writer: nothing is complete until something later exists.
+        touch("init-0.m4s");
+        assert!(w.scan(false).await.expect("scan").is_empty());
+        touch("chunk-0-00001.m4s");
+        assert_eq!(
+            w.scan(false).await.expect("scan"),
+            [Output::Init { rep: 0 }]
+        );
+        w.sent.insert(Output::Init { rep: 0 });
+        touch("chunk-0-00002.m4s");
+        assert_eq!(
+            w.scan(false).await.expect("scan"),
+            [Output::Chunk { rep: 0, number: 1 }]
+        );
+        w.sent.insert(Output::Chunk { rep: 0, number: 1 });
+
+        // Once a .tmp shows the rename protocol, final names are complete at once.
+        touch("chunk-0-00003.m4s.tmp");
+        assert_eq!(
+            w.scan(false).await.expect("scan"),
+            [Output::Chunk { rep: 0, number: 2 }]
+        );
+        w.sent.insert(Output::Chunk { rep: 0, number: 2 });
+        assert!(w.scan(false).await.expect("scan").is_empty());
+
+        // After exit, everything left is complete.
+        touch("init-1.m4s");
+        assert_eq!(w.scan(true).await.expect("scan"), [Output::Init { rep: 1 }]);
+        assert_eq!(w.partial, ["chunk-0-00003.m4s.tmp"]);
+    }
+}

@@ -1,0 +1,362 @@
+//! The dash sink: an upload becomes an adaptive-bitrate MPEG-DASH video on the storage ring.
+//!
+//! Phase 1 of the stream protocol does the work: the body is staged to a file (ffmpeg cannot read an MP4
+//! whose index is at the end from a pipe), probed, and transcoded; each finished DASH file goes onto the ring
+//! with R replicas while ffmpeg is still running. The staged report names the files only once all of them are
+//! durable. Phase 2 has nothing left to publish (the broadcaster lists the video); an abort deletes every file
+//! written. Raw uploads (`x-distributary-video: skip`) are only counted and checksummed.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use common::durable::StagingWriter;
+use common::protocol::{StagedReport, VideoMode, VideoReport};
+use futures_util::stream::FuturesUnordered;
+use futures_util::{Stream, StreamExt};
+use ring_client::nodes::BlobKey;
+use ring_client::Cluster;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::dash::{self, TranscodeOptions};
+use crate::error::ReaderError;
+
+/// DASH files written to the ring at once per video.
+const RING_WRITES: usize = 8;
+
+/// A staged upload waiting for commit or abort: the video files already on the ring, if any.
+#[derive(Debug)]
+struct Pending {
+    video: Option<VideoReport>,
+    since: Instant,
+}
+
+/// Transcodes uploads onto the ring.
+#[derive(Debug)]
+pub struct VideoSink {
+    staging_dir: PathBuf,
+    cluster: Arc<Cluster>,
+    /// Concurrent transcodes; further uploads wait here (a queue, not a failure).
+    transcodes: Semaphore,
+    options: TranscodeOptions,
+    buffer_size: usize,
+    pending: Mutex<HashMap<String, Pending>>,
+    /// Transcodes in flight, so an abort can stop ffmpeg.
+    running: Mutex<HashMap<String, CancellationToken>>,
+}
+
+fn video_error(e: &dash::DashError) -> ReaderError {
+    ReaderError::Video {
+        status: e.http_status(),
+        message: e.to_string(),
+    }
+}
+
+impl VideoSink {
+    /// Prepares the sink; `staging_dir` must exist and be empty of live uploads.
+    pub fn new(
+        staging_dir: PathBuf,
+        cluster: Arc<Cluster>,
+        concurrency: usize,
+        options: TranscodeOptions,
+        buffer_size: usize,
+    ) -> Self {
+        Self {
+            staging_dir,
+            cluster,
+            transcodes: Semaphore::new(concurrency.max(1)),
+            options,
+            buffer_size,
+            pending: Mutex::new(HashMap::new()),
+            running: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<String, Pending>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, CancellationToken>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Phase 1: stages the body and, for a video upload, transcodes it onto the ring.
+    pub async fn stage<S, E>(
+        self: &Arc<Self>,
+        id: &str,
+        name: &str,
+        mode: VideoMode,
+        body: S,
+    ) -> Result<StagedReport, ReaderError>
+    where
+        S: Stream<Item = Result<Bytes, E>>,
+        E: std::fmt::Display,
+    {
+        if !common::protocol::is_valid_upload_id(id) {
+            return Err(ReaderError::BadUploadId);
+        }
+        common::name::validate_name(name)?;
+        if self.pending().contains_key(id) || self.running().contains_key(id) {
+            return Err(ReaderError::UploadIdTaken(id.to_owned()));
+        }
+        let report = match mode {
+            VideoMode::Skip => {
+                let (bytes, xxh3) = drain(body).await?;
+                StagedReport {
+                    bytes,
+                    xxh3: Some(common::protocol::xxh3_hex(xxh3)),
+                    ..Default::default()
+                }
+            }
+            VideoMode::Required => {
+                let video_id = common::name::video_id(name)?;
+                let mut writer =
+                    StagingWriter::create(self.staging_dir.join(id), self.buffer_size)?;
+                futures_util::pin_mut!(body);
+                while let Some(chunk) = body.next().await {
+                    writer
+                        .write(chunk.map_err(|e| ReaderError::Body(e.to_string()))?)
+                        .await?;
+                }
+                let staged = writer.finish().await?;
+                let token = CancellationToken::new();
+                self.running().insert(id.to_owned(), token.clone());
+                // If this request is dropped (the broadcaster went away), the guard cancels the transcode,
+                // which then cleans up after itself in its own task.
+                let _guard = token.clone().drop_guard();
+                let me = self.clone();
+                let input = staged.path().to_path_buf();
+                let work_dir = self.staging_dir.join(format!("{id}.dash"));
+                let task = tokio::spawn(async move {
+                    let r = me
+                        .transcode_to_ring(&video_id, &input, &work_dir, token)
+                        .await;
+                    let _ = tokio::fs::remove_dir_all(&work_dir).await;
+                    r
+                });
+                let result = task
+                    .await
+                    .map_err(|e| ReaderError::Io(std::io::Error::other(e)));
+                self.running().remove(id);
+                let video = result??;
+                tracing::info!(
+                    upload = %id, video = %video.id, files = video.files.len(), bytes = staged.len,
+                    "video transcoded onto the ring"
+                );
+                StagedReport {
+                    bytes: staged.len,
+                    xxh3: Some(common::protocol::xxh3_hex(staged.xxh3)),
+                    video: Some(video),
+                    ..Default::default()
+                }
+            }
+        };
+        self.pending().insert(
+            id.to_owned(),
+            Pending {
+                video: report.video.clone(),
+                since: Instant::now(),
+            },
+        );
+        Ok(report)
+    }
+
+    async fn transcode_to_ring(
+        &self,
+        video_id: &str,
+        input: &Path,
+        work_dir: &Path,
+        cancel: CancellationToken,
+    ) -> Result<VideoReport, ReaderError> {
+        let probe = dash::probe(input).await.map_err(|e| video_error(&e))?;
+        let ladder = dash::ladder(&probe);
+        let _permit = tokio::select! {
+            p = self.transcodes.acquire() => p.map_err(|_| ReaderError::Ring("transcoder is shutting down".into()))?,
+            _ = cancel.cancelled() => return Err(ReaderError::Body("upload aborted while queued".into())),
+        };
+        let written: Arc<Mutex<Vec<String>>> = Arc::default();
+        let result = self
+            .run_ladder(video_id, input, work_dir, &probe, &ladder, &written, cancel)
+            .await;
+        match result {
+            Ok(()) => {
+                let files = written.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                Ok(VideoReport {
+                    id: video_id.to_owned(),
+                    duration_ms: probe.duration_ms,
+                    width: probe.width,
+                    height: probe.height,
+                    renditions: ladder.len(),
+                    files,
+                })
+            }
+            Err(e) => {
+                let files = written.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                self.delete_files(video_id, &files).await;
+                Err(e)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn run_ladder(
+        &self,
+        video_id: &str,
+        input: &Path,
+        work_dir: &Path,
+        probe: &dash::Probe,
+        ladder: &[dash::Rendition],
+        written: &Arc<Mutex<Vec<String>>>,
+        cancel: CancellationToken,
+    ) -> Result<(), ReaderError> {
+        let (tx, rx) = tokio::sync::mpsc::channel::<PathBuf>(64);
+        let transcode = dash::transcode(
+            input,
+            work_dir,
+            ladder,
+            probe.has_audio,
+            &self.options,
+            tx,
+            cancel.clone(),
+        );
+        let uploads = async {
+            let mut rx = rx;
+            let mut in_flight = FuturesUnordered::new();
+            let mut result: Result<(), ReaderError> = Ok(());
+            let note = |r: Result<(), ReaderError>, result: &mut Result<(), ReaderError>| {
+                if let (Err(e), true) = (r, result.is_ok()) {
+                    // Stop ffmpeg: a file that cannot be stored makes the whole video fail.
+                    tracing::warn!(error = %e, "ring write failed; stopping the transcode");
+                    cancel.cancel();
+                    *result = Err(e);
+                }
+            };
+            loop {
+                tokio::select! {
+                    Some(r) = in_flight.next(), if !in_flight.is_empty() => note(r, &mut result),
+                    p = rx.recv(), if in_flight.len() < RING_WRITES => match p {
+                        Some(path) => in_flight.push(self.put_file(video_id, path, written)),
+                        None => break,
+                    },
+                }
+            }
+            while let Some(r) = in_flight.next().await {
+                note(r, &mut result);
+            }
+            result
+        };
+        let (transcoded, uploaded) = tokio::join!(transcode, uploads);
+        uploaded?;
+        transcoded.map_err(|e| video_error(&e))?;
+        let poster = work_dir.join("poster.jpg");
+        dash::thumbnail(input, &poster, probe)
+            .await
+            .map_err(|e| video_error(&e))?;
+        self.put_file(video_id, poster, written).await
+    }
+
+    async fn put_file(
+        &self,
+        video_id: &str,
+        path: PathBuf,
+        written: &Arc<Mutex<Vec<String>>>,
+    ) -> Result<(), ReaderError> {
+        let file = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| ReaderError::Ring(format!("bad output file {}", path.display())))?
+            .to_owned();
+        let data = Bytes::from(tokio::fs::read(&path).await?);
+        let key = BlobKey::new(video_id, file.clone());
+        self.cluster
+            .put_blob(&key, data)
+            .await
+            .map_err(|e| ReaderError::Ring(format!("{key}: {e}")))?;
+        written.lock().unwrap_or_else(|e| e.into_inner()).push(file);
+        Ok(())
+    }
+
+    async fn delete_files(&self, video_id: &str, files: &[String]) {
+        let mut in_flight = FuturesUnordered::new();
+        for f in files {
+            let key = BlobKey::new(video_id, f.clone());
+            in_flight.push(async move { self.cluster.delete_blob(&key).await });
+            if in_flight.len() >= RING_WRITES {
+                in_flight.next().await;
+            }
+        }
+        while in_flight.next().await.is_some() {}
+    }
+
+    /// Phase 2: the files are already durable; only the bookkeeping goes.
+    pub fn commit(&self, id: &str) -> Result<Option<VideoReport>, ReaderError> {
+        if !common::protocol::is_valid_upload_id(id) {
+            return Err(ReaderError::BadUploadId);
+        }
+        let p = self
+            .pending()
+            .remove(id)
+            .ok_or_else(|| ReaderError::UnknownUpload(id.to_owned()))?;
+        Ok(p.video)
+    }
+
+    /// Stops a transcode in flight, or deletes the files of a staged video.
+    pub async fn abort(&self, id: &str) -> Result<bool, ReaderError> {
+        if !common::protocol::is_valid_upload_id(id) {
+            return Err(ReaderError::BadUploadId);
+        }
+        if let Some(token) = self.running().get(id) {
+            token.cancel();
+        }
+        let p = self.pending().remove(id);
+        match p {
+            Some(Pending { video: Some(v), .. }) => {
+                self.delete_files(&v.id, &v.files).await;
+                Ok(true)
+            }
+            Some(_) => Ok(true),
+            None => Ok(false),
+        }
+    }
+
+    /// Forgets staged uploads nobody committed or aborted within `ttl`, deleting their files.
+    pub async fn sweep(&self, ttl: std::time::Duration) {
+        let expired: Vec<(String, Pending)> = {
+            let mut pending = self.pending();
+            let ids: Vec<String> = pending
+                .iter()
+                .filter(|(_, p)| p.since.elapsed() > ttl)
+                .map(|(id, _)| id.clone())
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| pending.remove(&id).map(|p| (id, p)))
+                .collect()
+        };
+        for (id, p) in expired {
+            tracing::warn!(upload = %id, "staged video expired uncommitted; deleting its files");
+            if let Some(v) = p.video {
+                self.delete_files(&v.id, &v.files).await;
+            }
+        }
+    }
+}
+
+/// Counts and checksums a body nobody keeps.
+async fn drain<S, E>(body: S) -> Result<(u64, u128), ReaderError>
+where
+    S: Stream<Item = Result<Bytes, E>>,
+    E: std::fmt::Display,
+{
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    let mut len = 0u64;
+    futures_util::pin_mut!(body);
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| ReaderError::Body(e.to_string()))?;
+        hasher.update(&chunk);
+        len += chunk.len() as u64;
+    }
+    Ok((len, hasher.digest128()))
+}
