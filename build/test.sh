@@ -12,9 +12,19 @@ command -v etcd >/dev/null || need_apt+=(etcd-server)
 command -v etcdctl >/dev/null || need_apt+=(etcd-client)
 # etcd-client generates its gRPC code at build time.
 command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
+# The dash reader runs ffmpeg; the browser test plays videos in a real headless Chromium.
+command -v ffmpeg >/dev/null || need_apt+=(ffmpeg)
+command -v chromium >/dev/null || need_apt+=(chromium chromium-driver)
+command -v npm >/dev/null || need_apt+=(npm)
 if ((${#need_apt[@]})); then
   log "apt-get install ${need_apt[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+fi
+
+# The web player (dash.js) and the browser driver (playwright-core) come from web/package-lock.json.
+if [ -f web/package-lock.json ] && ! (cd web && npm ls --depth=0 >/dev/null 2>&1); then
+  log "npm ci (web)"
+  npm ci --prefix web --no-audit --no-fund --loglevel=error
 fi
 
 command -v cargo >/dev/null || { echo "cargo not found: install Rust with rustup first" >&2; exit 1; }
