@@ -31,6 +31,8 @@ pub const DEFAULT_REPLICATION: usize = 2;
 pub const DEFAULT_RING_CHUNK_SIZE: usize = 4 << 20;
 /// Per-request timeout to storage nodes.
 pub const DEFAULT_NODE_TIMEOUT_MS: u64 = 30_000;
+/// Holds `package.json` and `node_modules/` with the dash.js player the watch page loads.
+pub const DEFAULT_WEB_DIR: &str = "./web";
 
 /// Validated broadcaster configuration.
 #[derive(Debug, Clone)]
@@ -69,6 +71,8 @@ pub struct Config {
     pub ring_chunk_size: usize,
     /// Per-request timeout to storage nodes.
     pub node_timeout: Duration,
+    /// Web assets directory (dash.js under `node_modules/`).
+    pub web_dir: std::path::PathBuf,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -90,6 +94,7 @@ struct RawConfig {
     vnodes: Option<String>,
     ring_chunk_size: Option<String>,
     node_timeout_ms: Option<String>,
+    web_dir: Option<String>,
 }
 
 impl Config {
@@ -174,6 +179,13 @@ impl TryFrom<RawConfig> for Config {
             storage_nodes.push(n.to_owned());
         }
         Ok(Self {
+            web_dir: raw
+                .web_dir
+                .as_deref()
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .unwrap_or(DEFAULT_WEB_DIR)
+                .into(),
             metadata,
             storage_nodes,
             replication: env::number(

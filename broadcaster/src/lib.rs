@@ -10,6 +10,8 @@
 //! - [`error`]: requests refused at the edge.
 //! - [`ring`]: the storage ring: layout in the metadata store, placement, reads with fallback, migration.
 //! - [`admin`]: ring membership API used by `storage-node admin`.
+//! - [`web`]: the web site: `GET /`, `GET /videos/{id}`, `/assets/*`.
+//! - [`video`]: `POST /upload`: a video fanned out, transcoded by a dash reader, listed once playable.
 //! - [`content`]: `GET /content/{id}/{file}`, ring files served with media types, ranges and caching.
 //!
 //! [`run`] serves a bound listener until a cancellation token fires; `main.rs` and the tests both call it.
@@ -63,6 +65,9 @@ pub async fn run(
         queue_depth = config.queue_depth,
         "broadcaster configured"
     );
+    if let Err(e) = web::check_assets(&config.web_dir) {
+        tracing::warn!("{e}");
+    }
     let store = meta::open(&config.metadata).await?;
     let settings = ring::RingSettings {
         initial_nodes: config.storage_nodes.clone(),

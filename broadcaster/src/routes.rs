@@ -32,7 +32,7 @@ pub fn app(engine: Engine) -> Router {
         )
         .merge(crate::admin::routes())
         .merge(crate::web::routes(crate::web::Assets::new(
-            std::env::var_os("BROADCASTER_WEB_DIR").unwrap_or_else(|| "./web".into()),
+            engine.config().web_dir.clone(),
         )))
         .fallback(not_found)
         // Upload bodies are streamed, never collected, so the whole-body limit is off.

@@ -508,6 +508,7 @@ impl Broadcaster {
     pub fn start(targets: &[String], env: &[(&str, &str)]) -> Broadcaster {
         let mut cmd = service_command("broadcaster");
         cmd.env("BROADCASTER_HTTP_HOST", "127.0.0.1")
+            .env("BROADCASTER_WEB_DIR", workspace_root().join("web"))
             .env("BROADCASTER_HTTP_PORT", "0")
             .env("BROADCASTER_HOST_LIST", targets.join(";"));
         for (k, v) in env {

@@ -303,3 +303,37 @@ async fn a_file_that_is_not_a_video_is_refused_and_leaves_nothing() {
         .committed_names()
         .contains(&"notes.mp4".to_owned()));
 }
+
+/// A real headless Chromium uploads through the form and plays the watch page (web/tests/play.mjs drives
+/// it with playwright-core).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_uploads_through_the_form_and_plays() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace")
+        .to_path_buf();
+    assert!(
+        root.join("web/node_modules/playwright-core").is_dir()
+            && Path::new("/usr/bin/chromium").exists(),
+        "web/node_modules or /usr/bin/chromium missing: run build/test.sh, which installs them"
+    );
+    let site = Site::start();
+    let media = scratch_dir("clips-");
+    let clip = make_clip(media.path(), "browser-clip.mp4", 10, "1280x720");
+    let base = site.url("");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg(root.join("web/tests/play.mjs"))
+            .arg(&base)
+            .arg(&clip)
+            .arg("browser-clip")
+            .output()
+            .expect("node must be installed")
+    })
+    .await
+    .expect("join");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "play.mjs failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("\"ok\":true"), "{stdout}");
+}
