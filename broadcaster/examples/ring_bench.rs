@@ -46,6 +46,8 @@ const REPLICA_FAILED_LINE: &str = "replica read failed";
 /// Lines of each process's output kept in memory, shown when it fails to start.
 const TAIL_LINES: usize = 40;
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Reads slower than this are counted (the read goal is p99 < 5 ms).
+const SLOW_READ: Duration = Duration::from_millis(5);
 
 // ---------------------------------------------------------------------------------------------------------
 // settings
@@ -377,6 +379,8 @@ impl Pass {
             p99: rank(0.99),
             max: v[v.len() - 1],
             mean: v.iter().sum::<Duration>() / v.len() as u32,
+            slow: v.iter().filter(|d| **d > SLOW_READ).count(),
+            count: v.len(),
         })
     }
 }
@@ -387,6 +391,9 @@ struct Stats {
     p99: Duration,
     max: Duration,
     mean: Duration,
+    /// Reads slower than [`SLOW_READ`].
+    slow: usize,
+    count: usize,
 }
 
 /// One sequential pass over the video through the broadcaster's `/content` route.
@@ -487,11 +494,14 @@ impl Table {
         let (result, goal) = match pass.stats() {
             Some(s) => (
                 format!(
-                    "{} / {} / {} ms (mean {})",
+                    "{} / {} / {} ms (mean {}; {} of {} > {} ms)",
                     ms(s.p50),
                     ms(s.p99),
                     ms(s.max),
-                    ms(s.mean)
+                    ms(s.mean),
+                    s.slow,
+                    s.count,
+                    SLOW_READ.as_millis()
                 ),
                 match goal {
                     Some(g) => format!("p99 < {} ms: {}", g.as_millis(), verdict(s.p99 < g)),
@@ -542,6 +552,13 @@ impl Table {
             line([&r[0], &r[1], &r[2], &r[3]]);
         }
     }
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".to_owned())
 }
 
 fn cpu_model() -> String {
@@ -700,6 +717,7 @@ async fn run() -> anyhow::Result<bool> {
         "unexpected layout {layout:?}"
     );
 
+    let load_before = load_average();
     let video = video(settings.blobs, settings.blob_kib * 1024);
     let total_bytes: usize = video.iter().map(|s| s.data.len()).sum();
     let mib = total_bytes as f64 / (1 << 20) as f64;
@@ -952,10 +970,14 @@ async fn run() -> anyhow::Result<bool> {
         settings.blob_kib
     );
     println!(
-        "host: {}; data on {} ({}); writes: Cluster::put_blob in-process, reads: GET /content/{VIDEO}/FILE, sequential, one keep-alive connection, bytes checked",
+        "host: {}, 1-min load average {load_before} before / {} after; data on {} ({})",
         cpu_model(),
+        load_average(),
         work.display(),
         fs_type(&work)
+    );
+    println!(
+        "writes: Cluster::put_blob in-process, reads: GET /content/{VIDEO}/FILE, sequential, one keep-alive connection, bytes checked"
     );
     println!();
     table.print();

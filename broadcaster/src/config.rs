@@ -75,6 +75,29 @@ pub struct Config {
     pub web_dir: std::path::PathBuf,
 }
 
+/// Every variable this service reads; any other `BROADCASTER_*` variable stops it at start (a typo must not
+/// be silently ignored). Kept in sync with `RawConfig` by a unit test.
+pub const VARS: &[&str] = &[
+    "BROADCASTER_HTTP_HOST",
+    "BROADCASTER_HTTP_PORT",
+    "BROADCASTER_HOST_LIST",
+    "BROADCASTER_BUFFER_SIZE",
+    "BROADCASTER_QUEUE_DEPTH",
+    "BROADCASTER_STALL_TIMEOUT_MS",
+    "BROADCASTER_CONNECT_TIMEOUT_MS",
+    "BROADCASTER_STAGE_TIMEOUT_MS",
+    "BROADCASTER_MIN_SUCCESS",
+    "BROADCASTER_MAX_UPLOAD_BYTES",
+    "BROADCASTER_SHUTDOWN_GRACE_SECS",
+    "BROADCASTER_METADATA",
+    "BROADCASTER_STORAGE_NODES",
+    "BROADCASTER_REPLICATION",
+    "BROADCASTER_VNODES",
+    "BROADCASTER_RING_CHUNK_SIZE",
+    "BROADCASTER_NODE_TIMEOUT_MS",
+    "BROADCASTER_WEB_DIR",
+];
+
 #[derive(Debug, Default, Deserialize)]
 struct RawConfig {
     http_host: Option<String>,
@@ -105,6 +128,8 @@ impl Config {
 
     /// Reads configuration from `(name, value)` pairs, as if they were the environment.
     pub fn from_vars<I: IntoIterator<Item = (String, String)>>(vars: I) -> Result<Self, EnvError> {
+        let vars: Vec<(String, String)> = vars.into_iter().collect();
+        env::reject_unknown("BROADCASTER_", VARS, vars.iter().map(|(k, _)| k.as_str()))?;
         let raw: RawConfig = envy::prefixed("BROADCASTER_").from_iter(vars)?;
         Self::try_from(raw)
     }
@@ -318,5 +343,23 @@ mod tests {
             let e = cfg(&pairs).expect_err(k);
             assert!(e.to_string().contains(k), "{e}");
         }
+    }
+
+    #[test]
+    fn vars_match_raw_config() {
+        let mut fields: Vec<String> = env::struct_fields::<RawConfig>()
+            .iter()
+            .map(|f| format!("BROADCASTER_{}", f.to_ascii_uppercase()))
+            .collect();
+        fields.sort();
+        let mut vars = VARS.to_vec();
+        vars.sort_unstable();
+        assert_eq!(fields, vars, "VARS must list exactly the RawConfig fields");
+        let e = cfg(&[("BROADCASTER_HTTP_PROT", "1")]).expect_err("typo");
+        assert!(
+            e.to_string()
+                .contains("did you mean BROADCASTER_HTTP_PORT?"),
+            "{e}"
+        );
     }
 }

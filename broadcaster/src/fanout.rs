@@ -230,6 +230,8 @@ impl Engine {
     {
         let started = Instant::now();
         let cfg = &self.config;
+        metrics::gauge!("distributary_uploads_active").increment(1.0);
+        let _active = ActiveUpload;
         let id = uuid::Uuid::new_v4().simple().to_string();
         let mut lanes: Vec<Lane> = cfg
             .targets
@@ -256,6 +258,8 @@ impl Engine {
                 }
             };
             total += frame.len() as u64;
+            metrics::counter!("distributary_upload_bytes_received_total")
+                .increment(frame.len() as u64);
             if let Some(max) = cfg.max_upload_bytes {
                 if total > max {
                     failure = Some(Failure::TooLarge);
@@ -370,6 +374,7 @@ impl Engine {
             targets: lanes.iter().map(report).collect(),
         };
         log_summary(&summary, started.elapsed());
+        record_metrics(&summary, &failure, started.elapsed());
         let video = if summary.outcome == Outcome::Committed {
             lanes
                 .iter()
@@ -452,13 +457,18 @@ impl Engine {
                 Msg::End => Msg::End,
             };
             match tx.send_timeout(m, stall).await {
-                Ok(()) => {}
+                Ok(()) => {
+                    metrics::gauge!("distributary_target_queue_occupancy", "target" => lane.target.label.clone())
+                        .set((tx.max_capacity() - tx.capacity()) as f64);
+                }
                 Err(SendTimeoutError::Timeout(_)) => {
                     lane.detach(format!("stalled: no progress for {} ms", stall.as_millis()));
+                    metrics::counter!("distributary_target_detached_total", "target" => lane.target.label.clone(), "reason" => "stall").increment(1);
                     tracing::warn!(target = %lane.target, "target stalled; detached");
                 }
                 Err(SendTimeoutError::Closed(_)) => {
                     lane.fail_from_task().await;
+                    metrics::counter!("distributary_target_detached_total", "target" => lane.target.label.clone(), "reason" => "failure").increment(1);
                     tracing::warn!(target = %lane.target, state = ?lane.state, "target failed; detached");
                 }
             }
@@ -644,6 +654,48 @@ fn describe(e: &reqwest::Error) -> String {
         src = cause.source();
     }
     s
+}
+
+/// Decrements the active-uploads gauge however the upload ends.
+struct ActiveUpload;
+
+impl Drop for ActiveUpload {
+    fn drop(&mut self) {
+        metrics::gauge!("distributary_uploads_active").decrement(1.0);
+    }
+}
+
+fn record_metrics(s: &Summary, failure: &Option<Failure>, elapsed: Duration) {
+    let reason = match failure {
+        None => "none",
+        Some(Failure::Quorum) => "quorum",
+        Some(Failure::DigestMismatch) => "digest",
+        Some(Failure::TooLarge) => "too_large",
+        Some(Failure::ClientGone) => "client_gone",
+        Some(Failure::Rejected(_)) => "rejected",
+        Some(Failure::NoTranscoder) => "no_transcoder",
+    };
+    let outcome = match s.outcome {
+        Outcome::Committed => "committed",
+        Outcome::Failed => "failed",
+    };
+    metrics::counter!("distributary_uploads_total", "outcome" => outcome, "reason" => reason)
+        .increment(1);
+    metrics::histogram!("distributary_upload_seconds", "outcome" => outcome)
+        .record(elapsed.as_secs_f64());
+    for t in &s.targets {
+        let state = match t.state {
+            TargetState::Committed => "committed",
+            TargetState::Failed => "failed",
+            TargetState::Aborted => "aborted",
+        };
+        metrics::counter!("distributary_target_bytes_sent_total", "target" => t.target.clone())
+            .increment(t.bytes);
+        metrics::counter!("distributary_target_outcomes_total", "target" => t.target.clone(), "state" => state)
+            .increment(1);
+        metrics::gauge!("distributary_target_queue_occupancy", "target" => t.target.clone())
+            .set(0.0);
+    }
 }
 
 fn log_summary(s: &Summary, elapsed: Duration) {

@@ -6,12 +6,14 @@
 //! - [`durable`]: staging files written on a blocking thread, fsync + rename on commit, delete-on-drop.
 //! - [`serve`]: serving a file with `Range`, `ETag`, `HEAD`.
 //! - [`protocol`]: the broadcaster ↔ target stream protocol (paths, upload ids, staged reports).
+//! - [`metrics`]: the Prometheus recorder and the `/metrics` handler.
 //! - [`env`]: turning raw environment strings into validated values with errors that name the variable.
 //! - [`server`]: tracing setup, binding, the `listening on` line, graceful shutdown on SIGTERM / Ctrl-C.
 
 pub mod digest;
 pub mod durable;
 pub mod env;
+pub mod metrics;
 pub mod name;
 pub mod protocol;
 pub mod serve;

@@ -64,6 +64,8 @@ pub async fn serve(
     grace: Duration,
 ) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
+    let _ = crate::metrics::handle();
+    let app = app.route("/metrics", axum::routing::get(crate::metrics::render));
     tracing::info!("listening on {addr}");
     let signal = shutdown.clone();
     let server = axum::serve(listener, app.into_make_service())

@@ -29,6 +29,8 @@ pub const DEFAULT_FFMPEG_PRESET: &str = "veryfast";
 pub enum Sink {
     /// Files on local disk, served back at `/files/{name}`.
     Disk,
+    /// An S3 multipart upload per stream, completed on commit ([`S3Config`]).
+    S3,
     /// Videos transcoded to MPEG-DASH onto the storage ring.
     Dash,
 }
@@ -58,7 +60,33 @@ pub struct Config {
     pub transcode_concurrency: usize,
     /// x264 preset (dash sink).
     pub ffmpeg_preset: String,
+    /// The S3 target; present exactly when `sink` is [`Sink::S3`].
+    pub s3: Option<S3Config>,
 }
+
+/// Every variable this service reads; any other `READER_*` variable stops it at start (a typo must not
+/// be silently ignored). Kept in sync with `RawConfig` by a unit test.
+pub const VARS: &[&str] = &[
+    "READER_HTTP_HOST",
+    "READER_HTTP_PORT",
+    "READER_BUFFER_SIZE",
+    "READER_SINK",
+    "READER_DATA_DIR",
+    "READER_STAGING_TTL_SECS",
+    "READER_MAX_UPLOAD_BYTES",
+    "READER_SHUTDOWN_GRACE_SECS",
+    "READER_METADATA",
+    "READER_TRANSCODE_CONCURRENCY",
+    "READER_FFMPEG_PRESET",
+    "READER_S3_ENDPOINT",
+    "READER_S3_BUCKET",
+    "READER_S3_REGION",
+    "READER_S3_ACCESS_KEY_ID",
+    "READER_S3_SECRET_ACCESS_KEY",
+    "READER_S3_PREFIX",
+    "READER_S3_PART_SIZE",
+    "READER_S3_CONCURRENCY",
+];
 
 #[derive(Debug, Default, Deserialize)]
 struct RawConfig {
@@ -73,6 +101,14 @@ struct RawConfig {
     metadata: Option<String>,
     transcode_concurrency: Option<String>,
     ffmpeg_preset: Option<String>,
+    s3_endpoint: Option<String>,
+    s3_bucket: Option<String>,
+    s3_region: Option<String>,
+    s3_access_key_id: Option<String>,
+    s3_secret_access_key: Option<String>,
+    s3_prefix: Option<String>,
+    s3_part_size: Option<String>,
+    s3_concurrency: Option<String>,
 }
 
 impl Config {
@@ -83,6 +119,8 @@ impl Config {
 
     /// Reads configuration from `(name, value)` pairs, as if they were the environment.
     pub fn from_vars<I: IntoIterator<Item = (String, String)>>(vars: I) -> Result<Self, EnvError> {
+        let vars: Vec<(String, String)> = vars.into_iter().collect();
+        env::reject_unknown("READER_", VARS, vars.iter().map(|(k, _)| k.as_str()))?;
         let raw: RawConfig = envy::prefixed("READER_").from_iter(vars)?;
         Self::try_from(raw)
     }
@@ -95,13 +133,7 @@ impl TryFrom<RawConfig> for Config {
         let sink = match raw.sink.as_deref().map(str::trim) {
             None | Some("") | Some("disk") => Sink::Disk,
             Some("dash") => Sink::Dash,
-            Some(s @ "s3") => {
-                return Err(EnvError::invalid(
-                    "READER_SINK",
-                    s,
-                    "this build has the `disk` and `dash` sinks",
-                ))
-            }
+            Some("s3") => Sink::S3,
             Some(s) => {
                 return Err(EnvError::invalid(
                     "READER_SINK",
@@ -158,7 +190,12 @@ impl TryFrom<RawConfig> for Config {
                 ))
             }
         };
+        let s3 = match sink {
+            Sink::S3 => Some(S3Config::from_raw(&raw)?),
+            Sink::Disk | Sink::Dash => None,
+        };
         Ok(Self {
+            s3,
             metadata,
             ffmpeg_preset,
             transcode_concurrency: env::number(
@@ -208,6 +245,211 @@ impl TryFrom<RawConfig> for Config {
     }
 }
 
+/// Default S3 region (also what S3-compatible servers that ignore regions expect).
+pub const DEFAULT_S3_REGION: &str = "us-east-1";
+/// Default S3 part size: 8 MiB, the size most S3 clients use.
+pub const DEFAULT_S3_PART_SIZE: usize = 8 << 20;
+/// Smallest part S3 accepts (every part but the last).
+pub const MIN_S3_PART_SIZE: usize = 5 << 20;
+/// Largest part S3 accepts.
+pub const MAX_S3_PART_SIZE: usize = 5 << 30;
+/// Default number of parts uploaded at once per stream.
+pub const DEFAULT_S3_CONCURRENCY: usize = 4;
+
+/// Where an S3 reader puts its uploads (`READER_S3_*`).
+#[derive(Clone)]
+pub struct S3Config {
+    /// `http(s)://host[:port]` of an S3-compatible server (path-style requests); `None` means AWS
+    /// (virtual-hosted-style requests to `https://{bucket}.s3.{region}.amazonaws.com`).
+    pub endpoint: Option<String>,
+    /// The bucket; it must exist.
+    pub bucket: String,
+    /// Signing region.
+    pub region: String,
+    /// Access key id.
+    pub access_key_id: String,
+    /// Secret access key (never printed).
+    pub secret_access_key: String,
+    /// Prepended to every upload's name to form its key, e.g. `archive/`.
+    pub prefix: String,
+    /// Size of the first parts of an upload; later parts of a large upload of unknown size grow.
+    pub part_size: usize,
+    /// Parts of one upload in flight at once.
+    pub concurrency: usize,
+}
+
+impl std::fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Config")
+            .field("endpoint", &self.endpoint)
+            .field("bucket", &self.bucket)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"<redacted>")
+            .field("prefix", &self.prefix)
+            .field("part_size", &self.part_size)
+            .field("concurrency", &self.concurrency)
+            .finish()
+    }
+}
+
+impl S3Config {
+    /// `endpoint` as given, or the AWS endpoint of `region`: for messages.
+    pub fn endpoint_label(&self) -> String {
+        match &self.endpoint {
+            Some(e) => e.clone(),
+            None => format!("https://s3.{}.amazonaws.com", self.region),
+        }
+    }
+
+    fn from_raw(raw: &RawConfig) -> Result<Self, EnvError> {
+        let set = |v: &Option<String>| {
+            v.as_deref()
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+        };
+        let endpoint = match set(&raw.s3_endpoint) {
+            None => None,
+            Some(e) => Some(s3_endpoint(&e)?),
+        };
+        let bucket = set(&raw.s3_bucket).ok_or_else(|| EnvError::Missing {
+            var: "READER_S3_BUCKET".into(),
+            reason: "READER_SINK=s3 needs the bucket to upload to".into(),
+        })?;
+        s3_bucket(&bucket)?;
+        let region = set(&raw.s3_region).unwrap_or_else(|| DEFAULT_S3_REGION.to_owned());
+        if region.len() > 64
+            || !region
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(EnvError::invalid(
+                "READER_S3_REGION",
+                &region,
+                "expected a region name such as us-east-1 (letters, digits, `-`, `_`)",
+            ));
+        }
+        let key = |var: &str, v: &Option<String>, secret: bool| -> Result<String, EnvError> {
+            let v = set(v).ok_or_else(|| EnvError::Missing {
+                var: var.into(),
+                reason: "READER_SINK=s3 signs every request with READER_S3_ACCESS_KEY_ID and READER_S3_SECRET_ACCESS_KEY".into(),
+            })?;
+            if v.len() > 1024 || !v.bytes().all(|b| b.is_ascii_graphic()) {
+                let shown = if secret { "<redacted>" } else { v.as_str() };
+                return Err(EnvError::invalid(
+                    var,
+                    shown,
+                    "expected printable ASCII without spaces",
+                ));
+            }
+            Ok(v)
+        };
+        let access_key_id = key("READER_S3_ACCESS_KEY_ID", &raw.s3_access_key_id, false)?;
+        let secret_access_key = key(
+            "READER_S3_SECRET_ACCESS_KEY",
+            &raw.s3_secret_access_key,
+            true,
+        )?;
+        // The prefix is used verbatim: surrounding spaces would be part of every key.
+        let prefix = raw.s3_prefix.clone().unwrap_or_default();
+        s3_prefix(&prefix)?;
+        Ok(Self {
+            endpoint,
+            bucket,
+            region,
+            access_key_id,
+            secret_access_key,
+            prefix,
+            part_size: env::number(
+                "READER_S3_PART_SIZE",
+                raw.s3_part_size.as_deref(),
+                DEFAULT_S3_PART_SIZE,
+                MIN_S3_PART_SIZE,
+                MAX_S3_PART_SIZE,
+            )?,
+            concurrency: env::number(
+                "READER_S3_CONCURRENCY",
+                raw.s3_concurrency.as_deref(),
+                DEFAULT_S3_CONCURRENCY,
+                1,
+                64,
+            )?,
+        })
+    }
+}
+
+/// `http(s)://host[:port]`, nothing after it but an optional `/`; returned without the trailing `/`.
+fn s3_endpoint(e: &str) -> Result<String, EnvError> {
+    let bad = |why: &str| EnvError::invalid("READER_S3_ENDPOINT", e, why);
+    let uri: axum::http::Uri = e
+        .parse()
+        .map_err(|_| bad("expected http://host:port or https://host"))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => return Err(bad("expected an http:// or https:// URL")),
+    }
+    match uri.authority() {
+        Some(a) if !a.host().is_empty() && !a.as_str().contains('@') => {}
+        _ => return Err(bad("expected a host (and no user info)")),
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(bad(
+            "expected no path or query: the bucket is READER_S3_BUCKET",
+        ));
+    }
+    Ok(e.trim_end_matches('/').to_owned())
+}
+
+/// S3 bucket naming rules: 3-63 lowercase letters, digits, `.` and `-`, starting and ending with a
+/// letter or digit.
+fn s3_bucket(b: &str) -> Result<(), EnvError> {
+    let edge = |c: Option<u8>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let ok = (3..=63).contains(&b.len())
+        && b.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-')
+        && edge(b.bytes().next())
+        && edge(b.bytes().last())
+        && !b.contains("..");
+    if ok {
+        Ok(())
+    } else {
+        Err(EnvError::invalid(
+            "READER_S3_BUCKET",
+            b,
+            "expected a bucket name: 3-63 lowercase letters, digits, `.` and `-`",
+        ))
+    }
+}
+
+/// A key prefix: empty, or segments without control characters, `.`/`..` or empty segments; no
+/// leading `/`. Leaves room for a 255-byte name within S3's 1024-byte key limit.
+fn s3_prefix(p: &str) -> Result<(), EnvError> {
+    let bad = |why: &str| Err(EnvError::invalid("READER_S3_PREFIX", p, why));
+    if p.is_empty() {
+        return Ok(());
+    }
+    if p.len() > 1024 - common::name::MAX_NAME_BYTES {
+        return bad("too long: keys are limited to 1024 bytes");
+    }
+    if p.chars().any(char::is_control) {
+        return bad("must not contain control characters");
+    }
+    if p.starts_with('/') {
+        return bad("must not start with `/`");
+    }
+    // The last segment is completed by the name, so only the full segments before it are checked.
+    let mut segments: Vec<&str> = p.split('/').collect();
+    segments.pop();
+    if segments.iter().any(|s| s.is_empty()) {
+        return bad("must not contain an empty segment (`//`)");
+    }
+    if segments.iter().any(|s| *s == "." || *s == "..") {
+        return bad("must not contain `.` or `..` segments");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,7 +473,6 @@ mod tests {
             ("READER_HTTP_PORT", "70000"),
             ("READER_BUFFER_SIZE", "abc"),
             ("READER_SINK", "tape"),
-            ("READER_SINK", "s3"),
             ("READER_METADATA", "nosql:x"),
             ("READER_FFMPEG_PRESET", "turbo"),
             ("READER_TRANSCODE_CONCURRENCY", "0"),
@@ -241,5 +482,99 @@ mod tests {
             let e = cfg(&[(k, v)]).expect_err(k);
             assert!(e.to_string().contains(k), "{e}");
         }
+    }
+
+    #[test]
+    fn vars_match_raw_config() {
+        let mut fields: Vec<String> = env::struct_fields::<RawConfig>()
+            .iter()
+            .map(|f| format!("READER_{}", f.to_ascii_uppercase()))
+            .collect();
+        fields.sort();
+        let mut vars = VARS.to_vec();
+        vars.sort_unstable();
+        assert_eq!(fields, vars, "VARS must list exactly the RawConfig fields");
+        let e = cfg(&[("READER_SNK", "disk")]).expect_err("typo");
+        assert!(e.to_string().contains("did you mean READER_SINK?"), "{e}");
+    }
+
+    const S3_OK: [(&str, &str); 4] = [
+        ("READER_SINK", "s3"),
+        ("READER_S3_BUCKET", "archive"),
+        ("READER_S3_ACCESS_KEY_ID", "AKID"),
+        ("READER_S3_SECRET_ACCESS_KEY", "s3cr3t/key+x"),
+    ];
+
+    fn s3_cfg(extra: &[(&str, &str)]) -> Result<Config, EnvError> {
+        let mut pairs: Vec<(&str, &str)> = S3_OK.to_vec();
+        pairs.retain(|(k, _)| !extra.iter().any(|(e, _)| e == k));
+        pairs.extend_from_slice(extra);
+        cfg(&pairs)
+    }
+
+    #[test]
+    fn s3_defaults() {
+        let c = s3_cfg(&[]).expect("s3 config");
+        assert_eq!(c.sink, Sink::S3);
+        let s3 = c.s3.expect("s3 section");
+        assert_eq!(s3.endpoint, None);
+        assert_eq!(s3.region, DEFAULT_S3_REGION);
+        assert_eq!(s3.prefix, "");
+        assert_eq!(s3.part_size, DEFAULT_S3_PART_SIZE);
+        assert_eq!(s3.concurrency, DEFAULT_S3_CONCURRENCY);
+        assert_eq!(s3.endpoint_label(), "https://s3.us-east-1.amazonaws.com");
+        assert!(
+            !format!("{s3:?}").contains("s3cr3t"),
+            "the secret is never printed"
+        );
+        let c = s3_cfg(&[
+            ("READER_S3_ENDPOINT", "http://127.0.0.1:9000/"),
+            ("READER_S3_REGION", "garage"),
+            ("READER_S3_PREFIX", "archive/2024-"),
+            ("READER_S3_PART_SIZE", "5242880"),
+            ("READER_S3_CONCURRENCY", "2"),
+        ])
+        .expect("custom s3 config");
+        let s3 = c.s3.expect("s3 section");
+        assert_eq!(s3.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert_eq!(s3.prefix, "archive/2024-");
+        assert_eq!((s3.part_size, s3.concurrency), (5 << 20, 2));
+        // Other sinks ignore the S3 variables.
+        assert!(cfg(&[("READER_S3_PART_SIZE", "1")])
+            .expect("disk")
+            .s3
+            .is_none());
+    }
+
+    #[test]
+    fn s3_bad_values_name_the_variable() {
+        for (k, v) in [
+            ("READER_S3_BUCKET", ""),
+            ("READER_S3_BUCKET", "No_Such"),
+            ("READER_S3_BUCKET", "a/b"),
+            ("READER_S3_BUCKET", "ab"),
+            ("READER_S3_ACCESS_KEY_ID", ""),
+            ("READER_S3_ACCESS_KEY_ID", "has space"),
+            ("READER_S3_SECRET_ACCESS_KEY", ""),
+            ("READER_S3_ENDPOINT", "127.0.0.1:9000"),
+            ("READER_S3_ENDPOINT", "ftp://host"),
+            ("READER_S3_ENDPOINT", "http://host/bucket"),
+            ("READER_S3_ENDPOINT", "http://host?x=1"),
+            ("READER_S3_ENDPOINT", "http://"),
+            ("READER_S3_REGION", "us east"),
+            ("READER_S3_PREFIX", "/abs/"),
+            ("READER_S3_PREFIX", "a//b/"),
+            ("READER_S3_PREFIX", "a/../b/"),
+            ("READER_S3_PREFIX", "tab\there/"),
+            ("READER_S3_PART_SIZE", "1048576"),
+            ("READER_S3_PART_SIZE", "8MiB"),
+            ("READER_S3_PART_SIZE", "6000000000"),
+            ("READER_S3_CONCURRENCY", "0"),
+        ] {
+            let e = s3_cfg(&[(k, v)]).expect_err(&format!("{k}={v:?}"));
+            assert!(e.to_string().contains(k), "{k}={v:?}: {e}");
+        }
+        let e = s3_cfg(&[("READER_S3_SECRET_ACCESS_KEY", "bad secret")]).expect_err("space");
+        assert!(!e.to_string().contains("bad secret"), "{e}");
     }
 }

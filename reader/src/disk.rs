@@ -142,6 +142,7 @@ impl DiskStore {
             }
             writer.write(chunk).await?;
         }
+        count_received(total);
         Ok(writer.finish().await?)
     }
 
@@ -160,6 +161,7 @@ impl DiskStore {
             name: p.name,
         };
         p.staged.commit(self.file_path(&committed.name)).await?;
+        metrics::counter!("distributary_reader_commits_total").increment(1);
         Ok(committed)
     }
 
@@ -169,7 +171,11 @@ impl DiskStore {
             return Err(ReaderError::BadUploadId);
         }
         // Dropping the entry deletes its file.
-        Ok(self.pending().remove(id).is_some())
+        let had = self.pending().remove(id).is_some();
+        if had {
+            metrics::counter!("distributary_reader_aborts_total").increment(1);
+        }
+        Ok(had)
     }
 
     /// Stages and commits at once: the seed's single-request contract.
@@ -225,4 +231,9 @@ impl DiskStore {
     pub fn staging_dir(&self) -> &Path {
         &self.staging_dir
     }
+}
+
+/// Counted once per upload, outside the async loop (the metrics macros' temporaries are not `Send`).
+fn count_received(bytes: u64) {
+    metrics::counter!("distributary_reader_bytes_received_total").increment(bytes);
 }

@@ -32,6 +32,8 @@ pub enum ReaderError {
     Ring(String),
     #[error("bad {0} header")]
     BadHeader(&'static str),
+    #[error("{0}")]
+    S3(String),
 }
 
 impl ReaderError {
@@ -51,6 +53,7 @@ impl ReaderError {
             }
             Self::Ring(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::BadHeader(_) => StatusCode::BAD_REQUEST,
+            Self::S3(_) => StatusCode::BAD_GATEWAY,
         }
     }
 }

@@ -6,6 +6,7 @@
 //! - [`disk`]: the disk sink: staging directory, pending uploads, commit by rename.
 //! - [`dash`]: probing, the ABR ladder, ffmpeg to MPEG-DASH, posters.
 //! - [`video`]: the dash sink: staged uploads transcoded onto the storage ring.
+//! - [`s3`]: the S3 sink: one multipart upload per stream, completed on commit.
 //! - [`routes`]: the HTTP surface (stream protocol, the seed's `POST /upload`, `GET /files/{name}`).
 //!
 //! [`run`] serves a bound listener until a cancellation token fires; `main.rs` and the tests both call it.
@@ -15,6 +16,7 @@ pub mod dash;
 pub mod disk;
 pub mod error;
 pub mod routes;
+pub mod s3;
 pub mod video;
 
 use std::sync::Arc;
@@ -35,13 +37,33 @@ pub async fn run(
     let store = Arc::new(disk::DiskStore::open(&config)?);
     store.clone().spawn_sweeper(shutdown.clone());
     let video = match config.sink {
-        Sink::Disk => None,
+        Sink::Disk | Sink::S3 => None,
         Sink::Dash => Some(open_video_sink(&config, &shutdown).await?),
     };
-    let app = routes::app(routes::AppState { disk: store, video });
-    common::server::serve(listener, app, shutdown, config.shutdown_grace)
+    let s3 = match &config.s3 {
+        Some(cfg) => {
+            // Checks the bucket and credentials: a reader that cannot store anything does not start.
+            let sink = Arc::new(
+                s3::S3Sink::connect(cfg, config.max_upload_bytes, config.staging_ttl).await?,
+            );
+            sink.clone().spawn_sweeper(shutdown.clone());
+            Some(sink)
+        }
+        None => None,
+    };
+    let app = routes::app(routes::AppState {
+        disk: store,
+        video,
+        s3: s3.clone(),
+    });
+    let served = common::server::serve(listener, app, shutdown, config.shutdown_grace)
         .await
-        .map_err(ReaderError::Io)
+        .map_err(ReaderError::Io);
+    if let Some(s3) = s3 {
+        // Nothing uncommitted stays in the bucket: staged uploads are aborted.
+        s3.shutdown().await;
+    }
+    served
 }
 
 async fn open_video_sink(

@@ -1,10 +1,12 @@
 //! `reader`: reads `READER_*` variables, binds, and serves until SIGTERM.
+//! `reader --check-config` only validates the variables: `config ok` and exit 0, or the error and exit 2.
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    common::env::handle_args("reader", || reader::Config::from_env().map(drop));
     common::server::init_tracing();
     let config = reader::Config::from_env().context("invalid configuration")?;
     let listener = common::server::bind(config.http_host, config.http_port)

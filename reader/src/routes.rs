@@ -13,6 +13,7 @@ use futures_util::TryStreamExt;
 
 use crate::disk::DiskStore;
 use crate::error::ReaderError;
+use crate::s3::S3Sink;
 use crate::video::VideoSink;
 
 /// Builds the router.
@@ -23,6 +24,8 @@ pub struct AppState {
     pub disk: Arc<DiskStore>,
     /// Present when `READER_SINK=dash`: the stream protocol goes to the transcoder instead.
     pub video: Option<Arc<VideoSink>>,
+    /// Present when `READER_SINK=s3`: uploads go to the bucket, `GET /files/{name}` reads from it.
+    pub s3: Option<Arc<S3Sink>>,
 }
 
 /// Builds the router.
@@ -59,9 +62,15 @@ async fn stage(
     let started = std::time::Instant::now();
     let mode = VideoMode::parse(headers.get(VIDEO_HEADER).and_then(|v| v.to_str().ok()))
         .ok_or(ReaderError::BadHeader(VIDEO_HEADER))?;
-    let report = match &state.video {
-        Some(video) => video.stage(&id, &name, mode, body.into_data_stream()).await,
-        None => state.disk.stage(&id, &name, body.into_data_stream()).await,
+    let report = match (&state.video, &state.s3) {
+        (Some(video), _) => video.stage(&id, &name, mode, body.into_data_stream()).await,
+        (None, Some(s3)) => {
+            let len = headers
+                .get(axum::http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            s3.stage(&id, &name, len, body.into_data_stream()).await
+        }
+        (None, None) => state.disk.stage(&id, &name, body.into_data_stream()).await,
     };
     match &report {
         Ok(r) => {
@@ -81,7 +90,10 @@ async fn commit(
         tracing::info!(%id, video = v.as_ref().map(|v| v.id.as_str()).unwrap_or("-"), "committed");
         return Ok(Json(serde_json::json!({ "video": v })).into_response());
     }
-    let c = state.disk.commit(&id).await?;
+    let c = match &state.s3 {
+        Some(s3) => s3.commit(&id).await?,
+        None => state.disk.commit(&id).await?,
+    };
     tracing::info!(%id, name = %c.name, bytes = c.bytes, "committed");
     Ok(Json(c).into_response())
 }
@@ -90,9 +102,10 @@ async fn abort(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ReaderError> {
-    let had = match &state.video {
-        Some(video) => video.abort(&id).await?,
-        None => state.disk.abort(&id)?,
+    let had = match (&state.video, &state.s3) {
+        (Some(video), _) => video.abort(&id).await?,
+        (None, Some(s3)) => s3.abort(&id).await?,
+        (None, None) => state.disk.abort(&id)?,
     };
     if had {
         tracing::info!(%id, "aborted");
@@ -116,7 +129,10 @@ async fn seed_upload(
         }
         let name = field.file_name().unwrap_or_default().to_owned();
         let stream = field.map_err(|e| e.body_text());
-        let c = store.store(&name, stream).await?;
+        let c = match &state.s3 {
+            Some(s3) => s3.store(&name, stream).await?,
+            None => store.store(&name, stream).await?,
+        };
         tracing::info!(name = %c.name, bytes = c.bytes, "stored (seed upload)");
         return Ok(Json(c).into_response());
     }
@@ -130,6 +146,9 @@ async fn serve_file(
     headers: HeaderMap,
 ) -> Result<Response, ReaderError> {
     common::name::validate_name(&name)?;
+    if let Some(s3) = &state.s3 {
+        return Ok(s3.serve(&name, &method, &headers).await);
+    }
     Ok(common::serve::serve_file(
         &state.disk.file_path(&name),
         &method,

@@ -173,14 +173,23 @@ impl VideoSink {
     ) -> Result<VideoReport, ReaderError> {
         let probe = dash::probe(input).await.map_err(|e| video_error(&e))?;
         let ladder = dash::ladder(&probe);
-        let _permit = tokio::select! {
-            p = self.transcodes.acquire() => p.map_err(|_| ReaderError::Ring("transcoder is shutting down".into()))?,
-            _ = cancel.cancelled() => return Err(ReaderError::Body("upload aborted while queued".into())),
+        metrics::gauge!("distributary_transcodes_queued").increment(1.0);
+        let permit = tokio::select! {
+            p = self.transcodes.acquire() => p.map_err(|_| ReaderError::Ring("transcoder is shutting down".into())),
+            _ = cancel.cancelled() => Err(ReaderError::Body("upload aborted while queued".into())),
         };
+        metrics::gauge!("distributary_transcodes_queued").decrement(1.0);
+        let _permit = permit?;
+        metrics::gauge!("distributary_transcodes_active").increment(1.0);
+        let started = Instant::now();
         let written: Arc<Mutex<Vec<String>>> = Arc::default();
         let result = self
             .run_ladder(video_id, input, work_dir, &probe, &ladder, &written, cancel)
             .await;
+        metrics::gauge!("distributary_transcodes_active").decrement(1.0);
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        metrics::histogram!("distributary_transcode_seconds", "outcome" => outcome)
+            .record(started.elapsed().as_secs_f64());
         match result {
             Ok(()) => {
                 let files = written.lock().unwrap_or_else(|e| e.into_inner()).clone();

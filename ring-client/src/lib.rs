@@ -242,9 +242,14 @@ impl Cluster {
             let version = self.view().layout.as_ref().map(|l| l.version);
             let owners = self.owners(key)?;
             let todo: Vec<&String> = owners.iter().filter(|o| !written.contains(o)).collect();
-            let puts = todo
-                .iter()
-                .map(|n| self.nodes.put(n, key, data.clone(), &sha));
+            let puts = todo.iter().map(|n| {
+                let (data, sha) = (data.clone(), &sha);
+                async move {
+                    let r = self.nodes.put(n, key, data, sha).await;
+                    count_write(n, r.is_ok());
+                    r
+                }
+            });
             for r in futures_util::future::join_all(puts).await {
                 r?;
             }
@@ -275,9 +280,17 @@ impl Cluster {
         }
         let mut all_absent = true;
         for (i, node) in candidates.iter().enumerate() {
-            match self.nodes.get(node, key, range).await {
+            let result = self.nodes.get(node, key, range).await;
+            let label = match &result {
+                Ok(_) => "ok",
+                Err(NodeError::NotFound { .. }) => "missing",
+                Err(_) => "error",
+            };
+            metrics::counter!("distributary_ring_reads_total", "node" => node.clone(), "result" => label).increment(1);
+            match result {
                 Ok(f) => {
                     if i > 0 {
+                        metrics::counter!("distributary_ring_read_fallbacks_total").increment(1);
                         tracing::info!(%key, %node, "read served by a fallback replica");
                     }
                     return Ok(f);
@@ -320,4 +333,10 @@ impl Cluster {
             }
         }
     }
+}
+
+/// Counts one replica write; a sync helper keeps the metrics temporaries out of async state.
+fn count_write(node: &str, ok: bool) {
+    let result = if ok { "ok" } else { "error" };
+    metrics::counter!("distributary_ring_writes_total", "node" => node.to_owned(), "result" => result).increment(1);
 }

@@ -95,6 +95,8 @@ impl Cluster {
         };
         let new_ring = Ring::new(&new);
         let started = std::time::Instant::now();
+        metrics::gauge!("distributary_migration_running").set(1.0);
+        let _running = MigrationRunning;
         let mut members = old.nodes.clone();
         members.extend(new.nodes.iter().filter(|n| !old.nodes.contains(n)).cloned());
 
@@ -158,6 +160,8 @@ impl Cluster {
             .collect::<Vec<()>>()
             .await;
         let total = migrated + caught_up;
+        metrics::histogram!("distributary_migration_seconds")
+            .record(started.elapsed().as_secs_f64());
         tracing::info!(
             %node, version = new.version, migrated = total, deleted, ms = started.elapsed().as_millis() as u64,
             "ring membership changed"
@@ -249,9 +253,15 @@ impl Cluster {
             copies.push((bk, p.sha256.clone(), sources, missing));
         }
         let n = copies.len();
+        metrics::gauge!("distributary_migration_blobs_pending").set(n as f64);
         let results: Vec<Result<(), RingError>> = futures_util::stream::iter(copies)
             .map(|(key, sha, sources, targets)| async move {
-                self.copy_blob(&key, &sha, &sources, &targets).await
+                let r = self.copy_blob(&key, &sha, &sources, &targets).await;
+                metrics::gauge!("distributary_migration_blobs_pending").decrement(1.0);
+                if r.is_ok() {
+                    metrics::counter!("distributary_migration_blobs_copied_total").increment(1);
+                }
+                r
             })
             .buffer_unordered(COPY_CONCURRENCY)
             .collect()
@@ -290,6 +300,16 @@ impl Cluster {
             }
         }
         Err(last.unwrap_or_else(|| RingError::NoReplica(key.to_string())))
+    }
+}
+
+/// Clears the migration gauge however the migration ends.
+struct MigrationRunning;
+
+impl Drop for MigrationRunning {
+    fn drop(&mut self) {
+        metrics::gauge!("distributary_migration_running").set(0.0);
+        metrics::gauge!("distributary_migration_blobs_pending").set(0.0);
     }
 }
 

@@ -37,6 +37,18 @@ pub struct Config {
     pub staging_ttl: Duration,
 }
 
+/// Every variable this service reads; any other `STORAGE_NODE_*` variable stops it at start (a typo must not
+/// be silently ignored). Kept in sync with `RawConfig` by a unit test.
+pub const VARS: &[&str] = &[
+    "STORAGE_NODE_HTTP_HOST",
+    "STORAGE_NODE_HTTP_PORT",
+    "STORAGE_NODE_DATA_DIR",
+    "STORAGE_NODE_BUFFER_SIZE",
+    "STORAGE_NODE_MAX_BLOB_BYTES",
+    "STORAGE_NODE_SHUTDOWN_GRACE_SECS",
+    "STORAGE_NODE_STAGING_TTL_SECS",
+];
+
 #[derive(Debug, Default, Deserialize)]
 struct RawConfig {
     http_host: Option<String>,
@@ -56,6 +68,8 @@ impl Config {
 
     /// Reads configuration from `(name, value)` pairs, as if they were the environment.
     pub fn from_vars<I: IntoIterator<Item = (String, String)>>(vars: I) -> Result<Self, EnvError> {
+        let vars: Vec<(String, String)> = vars.into_iter().collect();
+        env::reject_unknown("STORAGE_NODE_", VARS, vars.iter().map(|(k, _)| k.as_str()))?;
         let raw: RawConfig = envy::prefixed("STORAGE_NODE_").from_iter(vars)?;
         Self::try_from(raw)
     }
@@ -184,5 +198,23 @@ mod tests {
             let e = cfg(&[(k, v)]).expect_err(k);
             assert!(e.to_string().contains(k), "{e}");
         }
+    }
+
+    #[test]
+    fn vars_match_raw_config() {
+        let mut fields: Vec<String> = env::struct_fields::<RawConfig>()
+            .iter()
+            .map(|f| format!("STORAGE_NODE_{}", f.to_ascii_uppercase()))
+            .collect();
+        fields.sort();
+        let mut vars = VARS.to_vec();
+        vars.sort_unstable();
+        assert_eq!(fields, vars, "VARS must list exactly the RawConfig fields");
+        let e = cfg(&[("STORAGE_NODE_HTTP_PROT", "1")]).expect_err("typo");
+        assert!(
+            e.to_string()
+                .contains("did you mean STORAGE_NODE_HTTP_PORT?"),
+            "{e}"
+        );
     }
 }

@@ -59,11 +59,18 @@ async fn put_blob(
     let key = BlobKey::parse(&key)?;
     let expected = common::digest::expected_sha256(&headers)?;
     let info = store.put(&key, body.into_data_stream(), expected).await;
+    count("distributary_blob_puts_total", info.is_ok());
     match &info {
         Ok(i) => tracing::debug!(key = %i.key, bytes = i.bytes, "stored"),
         Err(e) => tracing::warn!(%key, error = %e, "store failed"),
     }
     Ok((StatusCode::CREATED, Json(info?)).into_response())
+}
+
+/// Counts a blob operation by result; a sync helper keeps the metrics temporaries out of async state.
+fn count(name: &'static str, ok: bool) {
+    let result = if ok { "ok" } else { "error" };
+    metrics::counter!(name, "result" => result).increment(1);
 }
 
 async fn get_blob(
@@ -73,8 +80,12 @@ async fn get_blob(
     headers: HeaderMap,
 ) -> Result<Response, StoreError> {
     let key = BlobKey::parse(&key)?;
-    let blob = store.open_verified(&key).await?;
-    blob_response(blob, &method, &headers).await
+    let blob = store.open_verified(&key).await;
+    if let Err(StoreError::Corrupt { .. }) = &blob {
+        metrics::counter!("distributary_blob_corrupt_total").increment(1);
+    }
+    count("distributary_blob_gets_total", blob.is_ok());
+    blob_response(blob?, &method, &headers).await
 }
 
 async fn delete_blob(

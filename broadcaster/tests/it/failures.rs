@@ -257,6 +257,12 @@ async fn stalled_target_is_detached() {
         "error for the stalled target should mention the stall: {s:#?}"
     );
     assert!(st.bytes < tf.size, "{s:#?}");
+    // Detaching took at least the stall timeout, and the broadcaster's own clock agrees with ours.
+    assert!(
+        s.duration_ms >= 1000 && u128::from(s.duration_ms) <= elapsed.as_millis() + 100,
+        "duration_ms {} vs stall timeout 1000 ms and {elapsed:?} measured by the client",
+        s.duration_ms
+    );
     for r in [&r0, &r1] {
         let t = s.target(&r.target());
         assert_eq!(t.state, "committed", "{s:#?}");

@@ -29,7 +29,6 @@ fn bad_env_exits_nonzero_naming_the_variable() {
     ];
     let reader_cases: &[(&str, &str)] = &[
         ("READER_SINK", "nope"),
-        ("READER_SINK", "s3"),
         ("READER_BUFFER_SIZE", "abc"),
         ("READER_BUFFER_SIZE", "1024"),
         ("READER_HTTP_PORT", "notaport"),
@@ -57,7 +56,7 @@ fn bad_env_exits_nonzero_naming_the_variable() {
                 Some(s) if s.success() => {
                     failures.push(format!("{bin} {var}={value}: exited 0\n{out}"))
                 }
-                Some(_) if !out.to_ascii_uppercase().contains(var) => failures.push(format!(
+                Some(_) if !out.contains(var) => failures.push(format!(
                     "{bin} {var}={value}: output does not name {var}:\n{out}"
                 )),
                 Some(_) => {}

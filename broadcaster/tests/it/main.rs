@@ -6,10 +6,13 @@
 #![allow(clippy::unwrap_used)]
 
 mod data;
+mod etcd;
 mod failures;
 mod fanout;
+mod ha;
 mod harness;
 mod lifecycle;
+mod metrics;
 mod reader;
 mod ring;
 mod validation;

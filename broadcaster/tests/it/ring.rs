@@ -138,14 +138,14 @@ async fn assert_placement(all_nodes: &[&Node], members: &[String], replication: 
     held.len()
 }
 
-fn admin(args: &[&str]) -> (i32, String) {
+pub fn admin(args: &[&str]) -> (i32, String) {
     let mut cmd = service_command("storage-node");
     cmd.arg("admin").args(args);
     let (status, out) = run_to_exit(cmd, Duration::from_secs(120));
     (status.and_then(|s| s.code()).unwrap_or(-1), out)
 }
 
-fn listed(out: &str) -> Vec<String> {
+pub fn listed(out: &str) -> Vec<String> {
     out.lines()
         .filter_map(|l| l.strip_prefix("  - "))
         .map(str::to_owned)

@@ -19,7 +19,6 @@ pub struct Summary {
     pub outcome: String,
     pub committed: usize,
     pub required: usize,
-    #[allow(dead_code)]
     pub duration_ms: u64,
     pub targets: Vec<TargetSummary>,
 }

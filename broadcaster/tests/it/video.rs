@@ -12,7 +12,7 @@ use crate::ring::Node;
 
 /// A test clip: `secs` seconds of test pattern and a tone, H.264/AAC in MP4 (index at the end, as most
 /// cameras write it).
-fn make_clip(dir: &Path, name: &str, secs: u32, size: &str) -> PathBuf {
+pub fn make_clip(dir: &Path, name: &str, secs: u32, size: &str) -> PathBuf {
     let out = dir.join(name);
     let status = Command::new("ffmpeg")
         .args(["-hide_banner", "-loglevel", "error", "-y"])
