@@ -72,6 +72,7 @@ fn ring_response(e: crate::ring::RingError) -> Response {
         }
         RingError::Meta(meta::MetaError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
         RingError::Meta(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        RingError::Aborted(_) => StatusCode::BAD_REQUEST,
     };
     if status.is_server_error() {
         tracing::warn!(error = %e, "ring request failed");

@@ -23,7 +23,7 @@ use tokio::sync::mpsc::error::SendTimeoutError;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
-use crate::ring::Cluster;
+use crate::ring::{Cluster, RingError};
 use crate::summary::{Outcome, Summary, TargetReport, TargetState};
 use crate::target::Target;
 
@@ -45,6 +45,8 @@ pub enum Failure {
     Rejected(u16),
     /// A video upload reached no target that transcodes (503).
     NoTranscoder,
+    /// Too few targets could take the upload because the metadata store is unavailable (503).
+    Unavailable,
 }
 
 /// What one upload needs besides its body.
@@ -341,6 +343,14 @@ impl Engine {
             }
         }
 
+        if failure == Some(Failure::Quorum) {
+            if let Some(lane) = lanes.iter().find(|l| l.refused == Some(503)) {
+                failure = Some(Failure::Unavailable);
+                if let LaneState::Failed(e) = &lane.state {
+                    error = Some(format!("{}: {e}", lane.target));
+                }
+            }
+        }
         if failure.is_none() {
             // Phase 2.
             self.commit_all(&mut lanes, &id, &req.name, total, &digest)
@@ -402,7 +412,12 @@ impl Engine {
             let task = tokio::spawn(async move {
                 task.await
                     .map_err(|e| LaneError::from(format!("ring task: {e}")))?
-                    .map_err(LaneError::from)
+                    .map_err(|e| LaneError {
+                        // The metadata store without quorum is "unavailable", not a bad gateway.
+                        status: matches!(&e, RingError::Meta(m) if m.is_unavailable())
+                            .then_some(503),
+                        message: e.to_string(),
+                    })
             });
             return Lane {
                 target: target.clone(),
@@ -580,6 +595,12 @@ impl Engine {
             .iter()
             .filter(|l| matches!(l.state, LaneState::Failed(_)))
         {
+            if lane.target.is_ring {
+                let cluster = self.cluster.clone();
+                let (id, n) = (id.to_owned(), ring_chunks(&self.cluster, lane));
+                tokio::spawn(async move { cluster.delete_chunks(&id, n).await });
+                continue;
+            }
             let req = self
                 .client
                 .delete(lane.target.abort_url(id))
@@ -674,6 +695,7 @@ fn record_metrics(s: &Summary, failure: &Option<Failure>, elapsed: Duration) {
         Some(Failure::ClientGone) => "client_gone",
         Some(Failure::Rejected(_)) => "rejected",
         Some(Failure::NoTranscoder) => "no_transcoder",
+        Some(Failure::Unavailable) => "unavailable",
     };
     let outcome = match s.outcome {
         Outcome::Committed => "committed",

@@ -156,7 +156,7 @@ pub fn status_of(ok: StatusCode, failure: &Option<Failure>) -> StatusCode {
         Some(Failure::Rejected(code)) => {
             StatusCode::from_u16(*code).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY)
         }
-        Some(Failure::NoTranscoder) => StatusCode::SERVICE_UNAVAILABLE,
+        Some(Failure::NoTranscoder) | Some(Failure::Unavailable) => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 

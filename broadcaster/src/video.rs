@@ -191,7 +191,7 @@ async fn upload(engine: Engine, mut form: Multipart) -> Result<String, (StatusCo
                     let _ = meta.delete_video(&id).await;
                 }
                 // Ours: the catalogue says so, and the id can be uploaded again.
-                Failure::Quorum | Failure::NoTranscoder => {
+                Failure::Quorum | Failure::NoTranscoder | Failure::Unavailable => {
                     let _ = mark_failed(&meta, &record, &message).await;
                 }
             }

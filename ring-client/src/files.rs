@@ -36,7 +36,7 @@ impl Cluster {
         self: Arc<Self>,
         upload_id: String,
         chunks: S,
-    ) -> Result<StagedReport, String>
+    ) -> Result<StagedReport, RingError>
     where
         S: Stream<Item = std::io::Result<Bytes>>,
     {
@@ -51,13 +51,13 @@ impl Cluster {
             let me = self.clone();
             let key = chunk_key(&upload_id, index);
             async move {
-                me.put_blob(&key, data)
-                    .await
-                    .map_err(|e| format!("chunk {index}: {e}"))
+                me.put_blob(&key, data).await.inspect_err(|e| {
+                    tracing::warn!(%key, chunk = index, error = %e, "chunk write failed");
+                })
             }
         };
         while let Some(piece) = chunks.next().await {
-            let piece = piece.map_err(|e| e.to_string())?;
+            let piece = piece.map_err(|e| RingError::Aborted(e.to_string()))?;
             hasher.update(&piece);
             total += piece.len() as u64;
             let mut rest = &piece[..];

@@ -32,8 +32,10 @@ const LAYOUT_REFRESH: Duration = Duration::from_secs(2);
 pub enum RingError {
     #[error("the storage ring has no nodes")]
     Empty,
-    #[error("metadata store: {0}")]
+    #[error("{0}")]
     Meta(#[from] MetaError),
+    #[error("upload aborted: {0}")]
+    Aborted(String),
     #[error("{0}")]
     Node(#[from] NodeError),
     #[error("no live replica of {0}")]

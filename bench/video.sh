@@ -1,0 +1,407 @@
+#!/usr/bin/env bash
+# Video benchmark (issue 4, item 5): time from the end of an upload to "playable", against a bare ffmpeg run of
+# the same ladder on the same file in the same run (goal <= 1.1x), and the files and bytes written to the ring.
+#
+#   bench/video.sh                                   # one 60 s 1920x1080 clip with audio
+#   BENCH_CLIPS="10:1280x720" bench/video.sh         # a quick one
+#   BENCH_CLIPS="30:1280x720 60:1920x1080" BENCH_REPEAT=3 bench/video.sh
+#
+# What it does, in one run:
+#   1. builds the release binaries (cargo build --release --bins) and reader/examples/ladder_cmd.rs, which
+#      prints the exact ffmpeg command the dash reader runs for a file (reader::dash::probe, ladder,
+#      ffmpeg_args with the reader's TranscodeOptions);
+#   2. generates each clip with ffmpeg's lavfi sources (testsrc2 + a sine tone, H.264/AAC MP4 with the index
+#      at the end, ffmpeg's default -movflags, i.e. what a phone or camera writes); clips are cached in
+#      bench/out/video/clips/ and reused;
+#   3. starts 3 storage nodes, a disk reader, a dash reader (READER_SINK=dash, READER_FFMPEG_PRESET) and a
+#      broadcaster (BROADCASTER_HOST_LIST="disk;dash", R=2, SQLite metadata shared with the dash reader), all
+#      on 127.0.0.1 with free ports (read from their "listening on ADDR" log lines);
+#   4. for each clip and repetition:
+#        bare   run the ladder command from ladder_cmd into an empty directory on the same file system;
+#               wall time from start to exit ("bare s");
+#        dist   curl -F file=@clip POST /upload; the broadcaster answers 303 once every DASH file is durable on
+#               the ring and the video is listed "ready", i.e. once it is playable ("dist s" below);
+#      then lists the video's blobs on every storage node (GET /v1/blobs?prefix=ID/) and fetches
+#      GET /content/ID/manifest.mpd, GET /content/ID/init-0.m4s and GET /videos/ID through the broadcaster;
+#   5. prints a table (stdout; also saved as table.txt in the run directory) and, per upload, where the time
+#      went, from the services' logs.
+#
+# How "end of upload -> playable" is measured. curl 7.88 has no write-out variable for "the request body has
+# been sent" (%{time_pretransfer} is before the body, %{time_starttransfer} is the first response byte, which
+# here is the 303, since the broadcaster answers only when the video is playable). So curl runs with
+# `-v --trace-time` (TZ=UTC) and the benchmark reads two timestamps from its trace:
+#   end of upload  the line "We are completely uploaded and fine" (libcurl logs it when the last body byte has
+#                  been handed to the socket);
+#   playable       the line "< HTTP/1.1 303 See Other" (first response line received).
+# "dist s" is their difference. The end-of-upload mark is early by at most what the kernel and the
+# broadcaster still buffer at that moment (loopback socket buffers of a few MiB plus
+# BROADCASTER_QUEUE_DEPTH x BROADCASTER_BUFFER_SIZE per target), which drains at the upload rate shown in the
+# table (hundreds of MB/s on loopback): milliseconds against tens of seconds. ratio = dist s / bare s.
+# The bare run reads the same clip (warm in the page cache, as the staged copy is for the dash reader) and
+# writes to the same file system, with the same ffmpeg binary, arguments and default thread count. It does
+# not count the dash reader's other work (staging fsync, ffprobe, output validation, poster frame, ring writes
+# with R=2, commit, metadata): that is exactly the overhead the ratio measures.
+#
+# Ring numbers: "files" = distinct blobs under ID/ (DASH files + poster.jpg), "unique MB" = their total size,
+# "replicated MB" = bytes stored over all nodes (R x unique when every blob has R copies), "bare files/MB" =
+# what the bare ffmpeg run wrote (the ring should hold those files plus poster.jpg).
+#
+# Timings are wall-clock and noisy on a small shared machine: ffmpeg wants every core, so anything else
+# running (other builds, tests) lands in both measurements unequally. Use BENCH_REPEAT to alternate the order
+# and repeat; look at the per-upload breakdown ("ffmpeg in reader" vs "bare") to tell CPU contention from
+# pipeline overhead.
+#
+# Environment:
+#   BENCH_CLIPS          space-separated SECONDS:WIDTHxHEIGHT clips (default "60:1920x1080")
+#   BENCH_PRESET         libx264 preset for the reader (READER_FFMPEG_PRESET) and the bare run (default veryfast)
+#   BENCH_REPEAT         uploads per clip; the bare/dist order alternates between repetitions (default 1)
+#   BENCH_FPS            clip frame rate (default 30)
+#   BENCH_SOURCE_KBPS    clip video bitrate in kb/s (default: 0.12 bit per pixel per frame, 7.5 Mb/s at 1080p30)
+#   BENCH_MOVFLAGS       -movflags for the generated clips (default none: index at the end; +faststart moves it)
+#   BENCH_OUT            output directory (default bench/out/video; bench/out is gitignored)
+#   BENCH_KEEP=1         keep the run's data (storage blobs, staging, meta.db); logs are always kept
+#   BENCH_SKIP_BUILD=1   use the existing target/release binaries and example
+# Requires: cargo, ffmpeg/ffprobe, curl, jq, python3.
+#
+# Every process is started and stopped (by PID) by the script itself, also when it fails. Progress goes to
+# stderr, the table to stdout. Exit status: 0 when every upload answered 303 and every video is playable
+# (goal met or not), 1 otherwise.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$PWD
+
+CLIPS=${BENCH_CLIPS:-"60:1920x1080"}
+PRESET=${BENCH_PRESET:-veryfast}
+REPEAT=${BENCH_REPEAT:-1}
+FPS=${BENCH_FPS:-30}
+MOVFLAGS=${BENCH_MOVFLAGS:-}
+OUT=${BENCH_OUT:-bench/out/video}
+
+log() { printf '[video-bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+for tool in cargo ffmpeg ffprobe curl jq python3; do
+  command -v "$tool" >/dev/null || die "$tool not found (Debian: apt-get install ffmpeg curl jq python3)"
+done
+[[ $REPEAT =~ ^[1-9][0-9]*$ ]] || die "BENCH_REPEAT must be a positive integer, not '$REPEAT'"
+[[ $FPS =~ ^[1-9][0-9]*$ ]] || die "BENCH_FPS must be a positive integer, not '$FPS'"
+for c in $CLIPS; do
+  [[ $c =~ ^[1-9][0-9]*:[1-9][0-9]*x[1-9][0-9]*$ ]] || die "bad clip '$c' in BENCH_CLIPS (want SECONDS:WIDTHxHEIGHT)"
+done
+
+if [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
+  log "building release binaries and the ladder_cmd example..."
+  cargo build --release --bins -q
+  cargo build --release -q -p reader --example ladder_cmd
+fi
+BIN=$ROOT/target/release
+LADDER_CMD=$BIN/examples/ladder_cmd
+for b in broadcaster reader storage-node; do [ -x "$BIN/$b" ] || die "$BIN/$b missing"; done
+[ -x "$LADDER_CMD" ] || die "$LADDER_CMD missing"
+
+mkdir -p "$OUT/clips"
+OUT=$(cd "$OUT" && pwd)
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+RUN=$OUT/run-$STAMP
+mkdir -p "$RUN/logs"
+log "run directory: $RUN"
+
+# --- processes -------------------------------------------------------------------------------------------------
+pids=()
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  if ((${#pids[@]})); then
+    kill -TERM "${pids[@]}" 2>/dev/null || true
+    wait "${pids[@]}" 2>/dev/null || true
+  fi
+  if [ "${BENCH_KEEP:-0}" != 1 ]; then
+    rm -rf "$RUN/data" "$RUN/bare"
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Waits for the "listening on ADDR" line of a log and prints ADDR.
+addr_of() {
+  local logf=$1 pid=$2 a
+  for _ in $(seq 1 600); do
+    a=$(grep -o 'listening on [^ ]*' "$logf" 2>/dev/null | head -1 | cut -d' ' -f3 || true)
+    if [ -n "$a" ]; then echo "$a"; return 0; fi
+    kill -0 "$pid" 2>/dev/null || { cat "$logf" >&2; die "process $pid exited; see $logf"; }
+    sleep 0.05
+  done
+  die "timed out waiting for 'listening on' in $logf"
+}
+
+DATA=$RUN/data
+META="sqlite:$DATA/meta.db"
+mkdir -p "$DATA"
+# Each service may log more than info where the breakdown needs it; the user's RUST_LOG is not used.
+nodes=()
+for i in 1 2 3; do
+  logf=$RUN/logs/storage$i.log
+  STORAGE_NODE_HTTP_HOST=127.0.0.1 STORAGE_NODE_HTTP_PORT=0 STORAGE_NODE_DATA_DIR="$DATA/storage$i" \
+    RUST_LOG=info,storage_node=debug "$BIN/storage-node" >"$logf" 2>&1 &
+  pids+=($!)
+  nodes+=("$(addr_of "$logf" $!)")
+done
+
+# Not called inside $(...): the PID must land in this shell's pids.
+start_reader() {
+  local name=$1 filter=$2; shift 2
+  env READER_HTTP_HOST=127.0.0.1 READER_HTTP_PORT=0 READER_DATA_DIR="$DATA/$name" READER_METADATA="$META" \
+    RUST_LOG="$filter" "$@" "$BIN/reader" >"$RUN/logs/$name.log" 2>&1 &
+  pids+=($!)
+}
+start_reader reader-disk info READER_SINK=disk
+disk=$(addr_of "$RUN/logs/reader-disk.log" "${pids[-1]}")
+# reader::dash=debug: "ffmpeg started" and "transcode done" (elapsed, ffmpeg_elapsed) for the breakdown.
+start_reader reader-dash info,reader::dash=debug READER_SINK=dash READER_FFMPEG_PRESET="$PRESET"
+dash=$(addr_of "$RUN/logs/reader-dash.log" "${pids[-1]}")
+
+logf=$RUN/logs/broadcaster.log
+BROADCASTER_HTTP_HOST=127.0.0.1 BROADCASTER_HTTP_PORT=0 BROADCASTER_HOST_LIST="$disk;$dash" \
+  BROADCASTER_METADATA="$META" BROADCASTER_STORAGE_NODES="$(IFS=';'; echo "${nodes[*]}")" \
+  BROADCASTER_REPLICATION=2 BROADCASTER_WEB_DIR="$ROOT/web" RUST_LOG=info \
+  "$BIN/broadcaster" >"$logf" 2>&1 &
+pids+=($!)
+B=$(addr_of "$logf" $!)
+curl -fsS "http://$B/admin/nodes" >/dev/null || die "broadcaster has no ring layout"
+# The dash reader started before the layout existed (the broadcaster seeds it); it reloads the layout every
+# 2 s (ring-client LAYOUT_REFRESH). Give it that before the first upload.
+sleep 2.5
+log "storage nodes ${nodes[*]}; disk reader $disk; dash reader $dash; broadcaster $B"
+
+# --- clips -----------------------------------------------------------------------------------------------------
+# Prints the path of the clip for SECONDS:WxH, generating it if it is not cached.
+make_clip() {
+  local secs=${1%%:*} size=${1#*:}
+  local w=${size%x*} h=${size#*x}
+  local kbps=${BENCH_SOURCE_KBPS:-$(( w * h * FPS * 12 / 100 / 1000 ))}
+  local mf=${MOVFLAGS:+-movflags $MOVFLAGS}
+  local tag=${MOVFLAGS//[^a-z]/}
+  local f=$OUT/clips/clip-${secs}s-${size}-${FPS}fps-${kbps}k${tag:+-$tag}.mp4
+  if [ ! -s "$f" ]; then
+    log "generating $f (${secs}s ${size} ${FPS} fps, ${kbps} kb/s, AAC stereo)..."
+    # shellcheck disable=SC2086 # $mf is empty or two words on purpose
+    ffmpeg -hide_banner -nostdin -loglevel error -y \
+      -f lavfi -i "testsrc2=size=${size}:rate=${FPS}:duration=${secs}" \
+      -f lavfi -i "sine=frequency=440:beep_factor=4:sample_rate=48000:duration=${secs}" \
+      -map 0:v -map 1:a -c:v libx264 -preset veryfast -pix_fmt yuv420p \
+      -b:v "${kbps}k" -maxrate "${kbps}k" -bufsize "$((kbps * 2))k" -g $((FPS * 2)) \
+      -c:a aac -b:a 128k -ac 2 $mf "$f.tmp.mp4"
+    mv "$f.tmp.mp4" "$f"
+  fi
+  echo "$f"
+}
+
+# --- measurements ----------------------------------------------------------------------------------------------
+now() { date +%s.%N; }
+RESULTS=$RUN/results.tsv
+printf 'clip\ttrial\tid\tsize_bytes\tupload_s\tbare_s\tdist_s\tratio\thttp\tplayable\tring_files\tring_unique\tring_replicated\tbare_files\tbare_bytes\tup_end_utc\tplayable_utc\n' >"$RESULTS"
+failed=0
+
+# bare CLIP DIR: runs the reader's ladder command; prints the wall seconds.
+bare() {
+  local clip=$1 dir=$2 args t0 t1
+  rm -rf "$dir"; mkdir -p "$dir"
+  mapfile -d '' args < <("$LADDER_CMD" --nul --preset "$PRESET" "$clip" "$dir" 2>>"$RUN/logs/ladder_cmd.log")
+  ((${#args[@]})) || die "ladder_cmd printed no command for $clip (see $RUN/logs/ladder_cmd.log)"
+  "$LADDER_CMD" --preset "$PRESET" "$clip" "$dir" >>"$RUN/logs/ladder_cmd.log" 2>&1
+  t0=$(now)
+  ffmpeg "${args[@]}" </dev/null 2>>"$RUN/logs/bare-ffmpeg.log" || die "bare ffmpeg failed on $clip (see $RUN/logs/bare-ffmpeg.log)"
+  t1=$(now)
+  python3 -c 'import sys; print(f"{float(sys.argv[2]) - float(sys.argv[1]):.3f}")' "$t0" "$t1"
+}
+
+# dist CLIP NAME TRACE: uploads through POST /upload; prints "http upload_s dist_s up_end playable_at".
+dist() {
+  local clip=$1 name=$2 trace=$3 w
+  w=$(TZ=UTC curl -sS -v --trace-time -o /dev/null -H 'Expect:' \
+        -w '%{http_code} %{size_upload} %{time_pretransfer}' \
+        -F "file=@$clip;type=video/mp4;filename=$name" "http://$B/upload" 2>"$trace") || true
+  python3 - "$trace" "$w" <<'PY'
+import re, sys
+trace, w = sys.argv[1], sys.argv[2].split()
+code = w[0] if w else "000"
+def secs(line):
+    h, m, s = line.split(" ", 1)[0].split(":")
+    return int(h) * 3600 + int(m) * 60 + float(s)
+first = up = resp = None
+for line in open(trace, errors="replace"):
+    if not re.match(r"\d\d:\d\d:\d\d\.\d+ ", line):
+        continue
+    if first is None:
+        first = line
+    if up is None and "We are completely uploaded and fine" in line:
+        up = line
+    if resp is None and re.search(r"< HTTP/[\d.]+ \d{3}", line):
+        resp = line
+if not (first and up and resp):
+    print(code, "nan", "nan", "-", "-")
+    sys.exit()
+t0, tu, tr = secs(first), secs(up), secs(resp)
+fix = lambda t: t + 86400 if t < t0 else t   # past midnight
+tu, tr = fix(tu), fix(tr)
+print(code, f"{tu - t0:.3f}", f"{tr - tu:.3f}", up.split()[0], resp.split()[0])
+PY
+}
+
+# ring ID: prints "files unique_bytes replicated_bytes" over all storage nodes.
+ring() {
+  local id=$1 n
+  for n in "${nodes[@]}"; do
+    curl -fsS "http://$n/v1/blobs?prefix=$id/" || echo '{"blobs":[]}'
+  done | jq -rs '[.[].blobs[]] as $all | ($all | unique_by(.key)) as $u
+                  | "\($u | length) \($u | map(.bytes) | add // 0) \($all | map(.bytes) | add // 0)"'
+}
+
+# playable ID: 1 when the manifest, the first init segment and the watch page are served.
+playable() {
+  local id=$1 p c
+  for p in "content/$id/manifest.mpd" "content/$id/init-0.m4s" "videos/$id"; do
+    c=$(curl -sS -o /dev/null -w '%{http_code}' "http://$B/$p" || echo 000)
+    [ "$c" = 200 ] || { log "GET /$p answered $c"; echo 0; return; }
+  done
+  echo 1
+}
+
+for spec in $CLIPS; do
+  clip=$(make_clip "$spec")
+  size=$(stat -c %s "$clip")
+  for trial in $(seq 1 "$REPEAT"); do
+    id="bench-${spec/:/s-}-$STAMP-$trial"
+    bare_dir=$RUN/bare/$id
+    trace=$RUN/logs/curl-$id.trace
+    run_bare() { log "$spec #$trial: bare ffmpeg..."; bare_s=$(bare "$clip" "$bare_dir"); log "  bare ffmpeg ${bare_s}s"; }
+    run_dist() {
+      log "$spec #$trial: upload $id.mp4 through the broadcaster..."
+      read -r http upload_s dist_s up_end resp_at < <(dist "$clip" "$id.mp4" "$trace") \
+        || { http=000 upload_s=nan dist_s=nan up_end=- resp_at=-; }
+      log "  HTTP $http, upload ${upload_s}s, end of upload -> playable ${dist_s}s"
+    }
+    # Alternate the order so that a drift in background load does not always favour the same side.
+    if ((trial % 2)); then run_bare; run_dist; else run_dist; run_bare; fi
+    bare_files=$(find "$bare_dir" -type f | wc -l)
+    bare_bytes=$(find "$bare_dir" -type f -printf '%s\n' | awk '{s+=$1} END {print s+0}')
+    rm -rf "$bare_dir"
+    read -r ring_files ring_unique ring_repl < <(ring "$id")
+    ok=0
+    if [ "$http" = 303 ]; then ok=$(playable "$id"); fi
+    if [ "$http" != 303 ] || [ "$ok" != 1 ]; then
+      failed=1
+      log "  FAILED: HTTP $http, playable=$ok (see $trace and $RUN/logs/)"
+    fi
+    ratio=$(python3 -c 'import sys,math; d,b=float(sys.argv[1]),float(sys.argv[2]); print("nan" if math.isnan(d) else f"{d/b:.2f}")' "$dist_s" "$bare_s")
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+      "$spec" "$trial" "$id" "$size" "$upload_s" "$bare_s" "$dist_s" "$ratio" "$http" "$ok" \
+      "$ring_files" "$ring_unique" "$ring_repl" "$bare_files" "$bare_bytes" "$up_end" "$resp_at" >>"$RESULTS"
+  done
+done
+
+# --- report ----------------------------------------------------------------------------------------------------
+python3 - "$RESULTS" "$RUN/logs" "$PRESET" "$(nproc)" "$(cut -d' ' -f1-3 /proc/loadavg)" <<'PY' | tee "$RUN/table.txt"
+import csv, glob, math, os, re, sys
+from datetime import datetime, timezone
+
+results, logs, preset, cores, load = sys.argv[1:6]
+rows = list(csv.DictReader(open(results), delimiter="\t"))
+MB = 1e6
+
+def f(x, fmt="{:.2f}"):
+    try:
+        v = float(x)
+        return "-" if math.isnan(v) else fmt.format(v)
+    except ValueError:
+        return "-"
+
+print(f"Video benchmark: end of upload -> playable (303), against bare ffmpeg of the same ladder on the same file")
+print(f"preset {preset}, {cores} cores, load average at the end {load}; R=2, 3 storage nodes; goal: ratio <= 1.1")
+print()
+hdr = ["clip", "#", "size MB", "upload s", "bare s", "dist s", "ratio", "goal", "HTTP", "playable",
+       "ring files", "unique MB", "replicated MB", "bare files", "bare MB"]
+table = []
+for r in rows:
+    ratio = r["ratio"]
+    goal = "-" if ratio in ("nan", "") else ("met" if float(ratio) <= 1.1 else "missed")
+    table.append([r["clip"], r["trial"], f(float(r["size_bytes"]) / MB, "{:.1f}"), f(r["upload_s"]), f(r["bare_s"]),
+                  f(r["dist_s"]), f(ratio), goal, r["http"], "yes" if r["playable"] == "1" else "NO",
+                  r["ring_files"], f(float(r["ring_unique"] or 0) / MB), f(float(r["ring_replicated"] or 0) / MB),
+                  r["bare_files"], f(float(r["bare_bytes"] or 0) / MB)])
+w = [max(len(str(x)) for x in col) for col in zip(hdr, *table)]
+line = lambda cells: "  ".join(str(c).rjust(n) for c, n in zip(cells, w))
+print(line(hdr))
+for t in table:
+    print(line(t))
+
+# Where the time went, per upload, from the logs (all UTC).
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+def events(path):
+    out = []
+    try:
+        for raw in open(path, errors="replace"):
+            s = ANSI.sub("", raw)
+            m = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+)Z\s+(\w+)\s+(.*)", s)
+            if m:
+                t = datetime.fromisoformat(m.group(1)[:26]).replace(tzinfo=timezone.utc).timestamp()
+                out.append((t, m.group(3)))
+    except FileNotFoundError:
+        pass
+    return out
+
+dash = events(os.path.join(logs, "reader-dash.log"))
+bcast = events(os.path.join(logs, "broadcaster.log"))
+stores = [e for p in sorted(glob.glob(os.path.join(logs, "storage*.log"))) for e in events(p)]
+
+def utc(hms, ref):
+    # curl's --trace-time gives HH:MM:SS.ffffff (UTC); put it on the day of ref.
+    day = datetime.fromtimestamp(ref, timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+    h, m, s = hms.split(":")
+    t = day + int(h) * 3600 + int(m) * 60 + float(s)
+    if t - ref > 43200: t -= 86400
+    if ref - t > 43200: t += 86400
+    return t
+
+def dur(x):
+    m = re.search(r"([\d.]+)(ms|s|µs|us|ns)\b", x or "")
+    if not m: return math.nan
+    return float(m.group(1)) * {"s": 1, "ms": 1e-3, "µs": 1e-6, "us": 1e-6, "ns": 1e-9}[m.group(2)]
+
+print()
+print("Where the time went (seconds after the end of the upload, from curl's trace and the services' logs):")
+for r in rows:
+    if r["up_end_utc"] in ("-", "") or not dash:
+        continue
+    ref = dash[0][0]
+    t_up, t_303 = utc(r["up_end_utc"], ref), utc(r["playable_utc"], ref)
+    in_win = lambda evs: [(t, m) for t, m in evs if t_up - 1 <= t <= t_303 + 1]
+    d = in_win(dash)
+    start = next((t for t, m in d if "ffmpeg started" in m), math.nan)
+    done = next(((t, m) for t, m in d if "transcode done" in m), (math.nan, ""))
+    onring = next((t for t, m in d if "video transcoded onto the ring" in m and r["id"] in m), math.nan)
+    ready = next((t for t, m in in_win(bcast) if "video ready" in m and r["id"] in m), math.nan)
+    puts = sorted(t for t, m in in_win(stores) if "stored" in m and f"{r['id']}/" in m)
+    ffm = dur(re.search(r"ffmpeg_elapsed=(\S+)", done[1]).group(1)) if "ffmpeg_elapsed=" in done[1] else math.nan
+    el = dur(re.search(r"\belapsed=(\S+)", done[1]).group(1)) if re.search(r"\belapsed=", done[1]) else math.nan
+    tr_start = done[0] - el if not math.isnan(el) else math.nan
+    ffmpeg_exit = tr_start + ffm
+    rel = lambda t: "-" if math.isnan(t) else f"{t - t_up:+.2f}"
+    late = [t for t in puts if not math.isnan(ffmpeg_exit) and t > ffmpeg_exit]
+    print(f"  {r['id']}: bare ffmpeg {f(r['bare_s'])} s, ffmpeg in the dash reader {f(ffm)} s "
+          f"({f(ffm / float(r['bare_s']) if r['bare_s'] not in ('', 'nan') else math.nan)}x bare)")
+    print(f"    ffmpeg started {rel(start)} (staging fsync + ffprobe), exited {rel(ffmpeg_exit)}, "
+          f"output validated {rel(done[0])}, all files + poster on the ring {rel(onring)}, "
+          f"listed ready {rel(ready)}, 303 {rel(t_303)}")
+    if puts:
+        print(f"    ring: {len(puts)} blob writes (replicas), first {rel(puts[0])}, last {rel(puts[-1])}; "
+              f"{len(late)} after ffmpeg exited")
+PY
+
+if ((failed)); then
+  log "some uploads failed or are not playable"
+  exit 1
+fi
+log "done: $RESULTS, $RUN/table.txt"
