@@ -21,6 +21,13 @@ if ((${#need_apt[@]})); then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
 fi
 
+# build/docker-compose.yml is validated offline by the deploy tests (no Docker engine needed);
+# --no-install-recommends keeps apt from pulling in the engine.
+if ! command -v docker-compose >/dev/null; then
+  log "apt-get install docker-compose"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose
+fi
+
 # The web player (dash.js) and the browser driver (playwright-core) come from web/package-lock.json.
 if [ -f web/package-lock.json ] && ! (cd web && npm ls --depth=0 >/dev/null 2>&1); then
   log "npm ci (web)"
@@ -42,7 +49,7 @@ log "build binaries"
 cargo build --workspace --bins --locked
 
 log "shell scripts"
-for s in build/*.sh bench/*.sh .ci/run; do
+for s in build/*.sh bench/*.sh dist/*.sh .ci/run; do
   [ -f "$s" ] && bash -n "$s"
 done
 

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
     let matches = Cli::command()
+        .args_conflicts_with_subcommands(true)
         .arg(
             Arg::new("check-config")
                 .long("check-config")

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod data;
+mod deploy;
 mod etcd;
 mod failures;
 mod fanout;
