@@ -44,6 +44,12 @@ cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+# The S3 sink's tests run against a real S3-compatible server (s3s-fs 0.14.1; newer versions need a newer rustc).
+if ! command -v s3s-fs >/dev/null && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs" ]; then
+  log "cargo install s3s-fs"
+  cargo install s3s-fs --version 0.14.1 --features binary --locked
+fi
+
 log "build binaries"
 # The end-to-end suites start these as real processes.
 cargo build --workspace --bins --locked

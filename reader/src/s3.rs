@@ -177,8 +177,6 @@ enum Entry {
 #[derive(Debug)]
 pub struct S3Sink {
     store: Arc<AmazonS3>,
-    bucket: String,
-    endpoint: String,
     prefix: String,
     part_size: usize,
     concurrency: usize,
@@ -314,8 +312,6 @@ impl S3Sink {
         );
         Ok(Self {
             store: Arc::new(store),
-            bucket: cfg.bucket.clone(),
-            endpoint: cfg.endpoint_label(),
             prefix: cfg.prefix.clone(),
             part_size: cfg.part_size,
             concurrency: cfg.concurrency,
@@ -395,6 +391,8 @@ impl S3Sink {
             generation,
             key: key.clone(),
             upload_id: None,
+            create_rx: None,
+            in_flight: FuturesUnordered::new(),
             armed: true,
         };
         let result = self
@@ -437,6 +435,7 @@ impl S3Sink {
             return Err(ReaderError::Body("upload aborted while staging".into()));
         }
         guard.armed = false;
+        count("distributary_reader_bytes_received_total", bytes);
         Ok(report)
     }
 
@@ -455,15 +454,30 @@ impl S3Sink {
         E: std::fmt::Display,
     {
         let aborted = || ReaderError::Body("upload aborted while staging".into());
-        let upload_id = tokio::select! {
-            r = self.store.create_multipart(key) => r.map_err(|e| s3_error("cannot start the S3 upload", &e))?,
+        // Created in a task of its own, answering through a channel the guard closes when the stage ends
+        // early: then either the guard finds the answer and aborts that upload, or the task cannot deliver it
+        // and aborts it itself. Either way an upload the server made is never lost.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (store, task_key) = (self.store.clone(), key.clone());
+        self.aborts.spawn(async move {
+            let created = store.create_multipart(&task_key).await;
+            if let Err(Ok(upload_id)) = tx.send(created) {
+                let _ = store.abort_multipart(&task_key, &upload_id).await;
+            }
+        });
+        let rx = guard.create_rx.insert(rx);
+        let created = tokio::select! {
+            r = rx => r,
             _ = cancel.cancelled() => return Err(aborted()),
         };
+        guard.create_rx = None;
+        let upload_id = created
+            .map_err(|_| ReaderError::S3("the S3 client went away".into()))?
+            .map_err(|e| s3_error("cannot start the S3 upload", &e))?;
         guard.upload_id = Some(upload_id.clone());
 
         let mut splitter = Splitter::new(PartPlan::new(self.part_size, len));
         let mut ready: std::collections::VecDeque<(usize, Bytes)> = Default::default();
-        let mut in_flight = FuturesUnordered::new();
         let mut parts: Vec<Option<PartId>> = Vec::new();
         let mut hasher = xxhash_rust::xxh3::Xxh3::new();
         let mut total = 0u64;
@@ -474,30 +488,33 @@ impl S3Sink {
             .min(MAX_OBJECT_BYTES);
         futures_util::pin_mut!(body);
         loop {
-            while in_flight.len() < self.concurrency {
+            while guard.in_flight.len() < self.concurrency {
                 let Some((idx, data)) = ready.pop_front() else {
                     break;
                 };
                 if idx >= MAX_PARTS {
-                    return Err(ReaderError::TooLarge(total));
+                    // Unreachable with the part plans above; S3 would refuse part 10,001.
+                    return Err(ReaderError::TooLarge(MAX_OBJECT_BYTES));
                 }
-                in_flight.push(put_part(
+                guard.in_flight.push(tokio::spawn(put_part(
                     self.store.clone(),
                     key.clone(),
                     upload_id.clone(),
                     idx,
                     data,
-                ));
+                )));
             }
-            if ended && ready.is_empty() && in_flight.is_empty() {
+            if ended && ready.is_empty() && guard.in_flight.is_empty() {
                 break;
             }
             // Read on only while a slot is free for the part being filled: parts in flight plus the one
             // filling never exceed the concurrency, so memory stays under concurrency × part size.
-            let want_body = !ended && ready.is_empty() && in_flight.len() < self.concurrency;
+            let want_body = !ended && ready.is_empty() && guard.in_flight.len() < self.concurrency;
             tokio::select! {
                 _ = cancel.cancelled() => return Err(aborted()),
-                Some((idx, r)) = in_flight.next(), if !in_flight.is_empty() => {
+                Some(joined) = guard.in_flight.next(), if !guard.in_flight.is_empty() => {
+                    let (idx, r) = joined
+                        .map_err(|e| ReaderError::S3(format!("S3 part upload task: {e}")))?;
                     let part = r.map_err(|e| s3_error(&format!("S3 part {}", idx + 1), &e))?;
                     if parts.len() <= idx {
                         parts.resize(idx + 1, None);
@@ -554,6 +571,7 @@ impl S3Sink {
             self.abort_upload(&staged.key, &staged.upload_id).await;
             return Err(s3_error("cannot complete the S3 upload", &e));
         }
+        count("distributary_reader_commits_total", 1);
         Ok(Committed {
             name: staged.name,
             bytes: staged.bytes,
@@ -571,9 +589,11 @@ impl S3Sink {
         match entry {
             Some(Entry::Staging { cancel, .. }) => {
                 cancel.cancel();
+                count("distributary_reader_aborts_total", 1);
                 Ok(true)
             }
             Some(Entry::Staged(s)) => {
+                count("distributary_reader_aborts_total", 1);
                 self.abort_upload(&s.key, &s.upload_id).await;
                 Ok(true)
             }
@@ -729,11 +749,11 @@ impl S3Sink {
             .map_err(|e| std::io::Error::other(error_chain(&e)));
         (status, out, Body::from_stream(stream)).into_response()
     }
+}
 
-    /// The bucket and endpoint, for logs.
-    pub fn describe(&self) -> String {
-        format!("s3://{}/{} at {}", self.bucket, self.prefix, self.endpoint)
-    }
+/// The same counters as the disk sink, bumped outside any `.await` (the macros' temporaries are not `Send`).
+fn count(name: &'static str, n: u64) {
+    metrics::counter!(name).increment(n);
 }
 
 /// Uploads part `idx`; resolves to its index and result so parts may finish in any order.
@@ -750,6 +770,10 @@ async fn put_part(
     (idx, r)
 }
 
+/// A part upload running as its own task, so that it finishes (or fails) as a whole even when the stage
+/// that started it goes away: an abort then runs only after it, and no part can land after the abort.
+type PartTask = tokio::task::JoinHandle<(usize, object_store::Result<PartId>)>;
+
 /// Aborts the multipart upload of a stage that did not finish, even when its request future is dropped
 /// (the client went away): then the abort runs as a task the sink's shutdown waits for.
 #[derive(Debug)]
@@ -759,10 +783,25 @@ struct StageGuard {
     generation: u64,
     key: Key,
     upload_id: Option<String>,
+    /// The answer of the task creating the multipart upload, while it is awaited.
+    create_rx: Option<CreateRx>,
+    in_flight: FuturesUnordered<PartTask>,
     armed: bool,
 }
 
+type CreateRx = tokio::sync::oneshot::Receiver<object_store::Result<String>>;
+
 impl StageGuard {
+    /// Stops waiting for the upload's creation; an upload id that arrived meanwhile is kept for the abort.
+    fn close_create(&mut self) {
+        if let Some(mut rx) = self.create_rx.take() {
+            rx.close();
+            if let Ok(Ok(upload_id)) = rx.try_recv() {
+                self.upload_id = Some(upload_id);
+            }
+        }
+    }
+
     fn forget_entry(&self) {
         let mut uploads = self.sink.uploads();
         if matches!(uploads.get(&self.id), Some(Entry::Staging { generation, .. }) if *generation == self.generation)
@@ -773,11 +812,24 @@ impl StageGuard {
 
     async fn abort(&mut self) {
         self.armed = false;
+        self.close_create();
         self.forget_entry();
+        let in_flight = std::mem::take(&mut self.in_flight);
         if let Some(upload_id) = self.upload_id.take() {
-            self.sink.abort_upload(&self.key, &upload_id).await;
+            drain_then_abort(&self.sink, &self.key, &upload_id, in_flight).await;
         }
     }
+}
+
+/// Waits for the parts still uploading, then aborts the multipart upload.
+async fn drain_then_abort(
+    sink: &S3Sink,
+    key: &Key,
+    upload_id: &str,
+    mut in_flight: FuturesUnordered<PartTask>,
+) {
+    while in_flight.next().await.is_some() {}
+    sink.abort_upload(key, upload_id).await;
 }
 
 impl Drop for StageGuard {
@@ -785,13 +837,16 @@ impl Drop for StageGuard {
         if !self.armed {
             return;
         }
+        self.close_create();
         self.forget_entry();
         if let Some(upload_id) = self.upload_id.take() {
             let sink = self.sink.clone();
             let key = self.key.clone();
+            let in_flight = std::mem::take(&mut self.in_flight);
             tracing::info!(upload = %self.id, %key, "stage request dropped; aborting its S3 upload");
             if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                let task = async move { sink.abort_upload(&key, &upload_id).await };
+                let task =
+                    async move { drain_then_abort(&sink, &key, &upload_id, in_flight).await };
                 self.sink.aborts.spawn_on(task, &handle);
             }
         }
@@ -882,7 +937,7 @@ mod tests {
         let data: Vec<u8> = (0..=255u8).cycle().take(95).collect();
         for chunk in data.chunks(7) {
             s.push(Bytes::copy_from_slice(chunk), |i, b| out.push((i, b)))
-                .unwrap();
+                .expect("map part");
         }
         out.extend(s.finish());
         assert_eq!(out.len(), 10);
@@ -895,7 +950,7 @@ mod tests {
         let mut s = Splitter::new(plan);
         let mut out: Vec<(usize, Bytes)> = Vec::new();
         s.push(Bytes::from(vec![1u8; 30]), |i, b| out.push((i, b)))
-            .unwrap();
+            .expect("map part");
         assert_eq!(out.len(), 3);
         assert!(s.finish().is_none());
         // An empty stream still makes one (empty) part.

@@ -17,6 +17,7 @@ use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use serde_json::Value;
 use tempfile::TempDir;
 use tokio::io::AsyncWriteExt;
@@ -673,7 +674,6 @@ async fn client_disconnect_leaves_nothing() {
 /// A fake target that stages every byte but reports a wrong checksum: the broadcaster must refuse it.
 async fn lying_target() -> (SocketAddr, tokio::task::JoinHandle<()>) {
     use axum::routing::{delete, post, put};
-    use futures_util::StreamExt;
     let app = axum::Router::new()
         .route(
             "/v1/uploads/{id}/{name}",
@@ -846,6 +846,18 @@ Content-Type: application/octet-stream\r\n\r\n"
     );
     s3.assert_no_leftovers("after commits").await;
     assert_eq!(s3.objects().len(), cases.len() + 1);
+    let metrics = client()
+        .get(reader.proc.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("distributary_reader_commits_total 5"),
+        "{metrics}"
+    );
 }
 
 /// Staged but never committed: an explicit abort, the staging TTL and a shutdown each abort the
@@ -894,6 +906,34 @@ async fn abort_ttl_and_shutdown_leave_nothing() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 404, "an aborted upload cannot be committed");
+
+    // DELETE racing the start of a stage (the multipart upload may be created after the abort arrived)
+    // or arriving mid-stream.
+    for n in 10..30u8 {
+        let url = reader
+            .proc
+            .url(&format!("/v1/uploads/{}/race-{n}.bin", upload_id(n)));
+        let first = Bytes::from(gen_bytes(u64::from(n), usize::from(n) * 700_000));
+        let body = futures_util::stream::once(async move { Ok::<_, std::io::Error>(first) })
+            .chain(futures_util::stream::pending());
+        let put = tokio::spawn(
+            client()
+                .put(url)
+                .body(reqwest::Body::wrap_stream(body))
+                .send(),
+        );
+        tokio::time::sleep(Duration::from_millis(u64::from(n % 4) * 5)).await;
+        let resp = client()
+            .delete(reader.proc.url(&format!("/v1/uploads/{}", upload_id(n))))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 204);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        put.abort();
+    }
+    s3.assert_no_leftovers("DELETE racing stages").await;
+    assert!(s3.objects().is_empty(), "{:?}", s3.objects());
 
     // Shutdown aborts what was staged and not committed, and exits 0.
     stage(&reader, 2, "at-shutdown.bin").await;
