@@ -24,7 +24,10 @@
 #      then lists the video's blobs on every storage node (GET /v1/blobs?prefix=ID/) and fetches
 #      GET /content/ID/manifest.mpd, GET /content/ID/init-0.m4s and GET /videos/ID through the broadcaster;
 #   5. prints a table (stdout; also saved as table.txt in the run directory) and, per upload, where the time
-#      went, from the services' logs.
+#      went, from the services' logs (the dash reader runs with RUST_LOG=info,reader::dash=debug for its
+#      "ffmpeg started" / "transcode done" lines, the storage nodes with storage_node=debug for "stored"),
+#      placed on the wall clock read just before curl started (curl's --trace-time absolute values can be up
+#      to 1 s off; their differences are exact).
 #
 # How "end of upload -> playable" is measured. curl 7.88 has no write-out variable for "the request body has
 # been sent" (%{time_pretransfer} is before the body, %{time_starttransfer} is the first response byte, which
@@ -33,10 +36,12 @@
 #   end of upload  the line "We are completely uploaded and fine" (libcurl logs it when the last body byte has
 #                  been handed to the socket);
 #   playable       the line "< HTTP/1.1 303 See Other" (first response line received).
-# "dist s" is their difference. The end-of-upload mark is early by at most what the kernel and the
-# broadcaster still buffer at that moment (loopback socket buffers of a few MiB plus
-# BROADCASTER_QUEUE_DEPTH x BROADCASTER_BUFFER_SIZE per target), which drains at the upload rate shown in the
-# table (hundreds of MB/s on loopback): milliseconds against tens of seconds. ratio = dist s / bare s.
+# "dist s" is their difference (exact: curl stamps its trace from a monotonic clock). The end-of-upload mark is
+# early by what the kernel and the broadcaster still buffer at that moment (loopback socket buffers of a few
+# MiB, plus BROADCASTER_QUEUE_DEPTH x BROADCASTER_BUFFER_SIZE per target), which drains at loopback/disk speed:
+# tens of milliseconds against tens of seconds, and it makes "dist s" longer, never shorter. The breakdown
+# bounds it: the dash reader can start ffmpeg only once it has the whole body staged, fsynced and probed.
+# ratio = dist s / bare s.
 # The bare run reads the same clip (warm in the page cache, as the staged copy is for the dash reader) and
 # writes to the same file system, with the same ffmpeg binary, arguments and default thread count. It does
 # not count the dash reader's other work (staging fsync, ffprobe, output validation, poster frame, ring writes
@@ -201,7 +206,7 @@ make_clip() {
 # --- measurements ----------------------------------------------------------------------------------------------
 now() { date +%s.%N; }
 RESULTS=$RUN/results.tsv
-printf 'clip\ttrial\tid\tsize_bytes\tupload_s\tbare_s\tdist_s\tratio\thttp\tplayable\tring_files\tring_unique\tring_replicated\tbare_files\tbare_bytes\tup_end_utc\tplayable_utc\n' >"$RESULTS"
+printf 'clip\ttrial\tid\tsize_bytes\tupload_s\tbare_s\tdist_s\tratio\thttp\tplayable\tring_files\tring_unique\tring_replicated\tbare_files\tbare_bytes\tup_end_unix\tplayable_unix\n' >"$RESULTS"
 failed=0
 
 # bare CLIP DIR: runs the reader's ladder command; prints the wall seconds.
@@ -217,15 +222,17 @@ bare() {
   python3 -c 'import sys; print(f"{float(sys.argv[2]) - float(sys.argv[1]):.3f}")' "$t0" "$t1"
 }
 
-# dist CLIP NAME TRACE: uploads through POST /upload; prints "http upload_s dist_s up_end playable_at".
+# dist CLIP NAME TRACE: uploads through POST /upload; prints "http upload_s dist_s up_end playable_at" (the last
+# two as Unix times).
 dist() {
-  local clip=$1 name=$2 trace=$3 w
+  local clip=$1 name=$2 trace=$3 w t_start
+  t_start=$(now)
   w=$(TZ=UTC curl -sS -v --trace-time -o /dev/null -H 'Expect:' \
         -w '%{http_code} %{size_upload} %{time_pretransfer}' \
         -F "file=@$clip;type=video/mp4;filename=$name" "http://$B/upload" 2>"$trace") || true
-  python3 - "$trace" "$w" <<'PY'
+  python3 - "$trace" "$w" "$t_start" <<'PY'
 import re, sys
-trace, w = sys.argv[1], sys.argv[2].split()
+trace, w, t_start = sys.argv[1], sys.argv[2].split(), float(sys.argv[3])
 code = w[0] if w else "000"
 def secs(line):
     h, m, s = line.split(" ", 1)[0].split(":")
@@ -246,7 +253,10 @@ if not (first and up and resp):
 t0, tu, tr = secs(first), secs(up), secs(resp)
 fix = lambda t: t + 86400 if t < t0 else t   # past midnight
 tu, tr = fix(tu), fix(tr)
-print(code, f"{tu - t0:.3f}", f"{tr - tu:.3f}", up.split()[0], resp.split()[0])
+# curl's trace clock is monotonic time plus an offset taken with 1 s resolution, so its absolute values can be
+# up to a second off: differences are exact, and the absolute times are re-based on the wall clock read just
+# before curl started (a few ms of process start-up early).
+print(code, f"{tu - t0:.3f}", f"{tr - tu:.3f}", f"{t_start + tu - t0:.3f}", f"{t_start + tr - t0:.3f}")
 PY
 }
 
@@ -356,15 +366,6 @@ dash = events(os.path.join(logs, "reader-dash.log"))
 bcast = events(os.path.join(logs, "broadcaster.log"))
 stores = [e for p in sorted(glob.glob(os.path.join(logs, "storage*.log"))) for e in events(p)]
 
-def utc(hms, ref):
-    # curl's --trace-time gives HH:MM:SS.ffffff (UTC); put it on the day of ref.
-    day = datetime.fromtimestamp(ref, timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
-    h, m, s = hms.split(":")
-    t = day + int(h) * 3600 + int(m) * 60 + float(s)
-    if t - ref > 43200: t -= 86400
-    if ref - t > 43200: t += 86400
-    return t
-
 def dur(x):
     m = re.search(r"([\d.]+)(ms|s|µs|us|ns)\b", x or "")
     if not m: return math.nan
@@ -373,10 +374,9 @@ def dur(x):
 print()
 print("Where the time went (seconds after the end of the upload, from curl's trace and the services' logs):")
 for r in rows:
-    if r["up_end_utc"] in ("-", "") or not dash:
+    if r["up_end_unix"] in ("-", ""):
         continue
-    ref = dash[0][0]
-    t_up, t_303 = utc(r["up_end_utc"], ref), utc(r["playable_utc"], ref)
+    t_up, t_303 = float(r["up_end_unix"]), float(r["playable_unix"])
     in_win = lambda evs: [(t, m) for t, m in evs if t_up - 1 <= t <= t_303 + 1]
     d = in_win(dash)
     start = next((t for t, m in d if "ffmpeg started" in m), math.nan)

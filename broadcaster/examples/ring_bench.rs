@@ -43,6 +43,8 @@ const VIDEO: &str = "bench-video";
 const REPLICATION: usize = 2;
 const FALLBACK_LINE: &str = "read served by a fallback replica";
 const REPLICA_FAILED_LINE: &str = "replica read failed";
+/// The broadcaster's counter of reads served by a fallback replica, on `GET /metrics`.
+const FALLBACK_METRIC: &str = "distributary_ring_read_fallbacks_total";
 /// Lines of each process's output kept in memory, shown when it fails to start.
 const TAIL_LINES: usize = 40;
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -438,6 +440,29 @@ async fn read_in_process(cluster: &Cluster, video: &[Segment]) -> Pass {
         pass.record(&s.file, started.elapsed(), got, &s.data);
     }
     pass
+}
+
+/// The broadcaster's `distributary_ring_read_fallbacks_total` (summed over labels; absent counts as 0),
+/// or `None` when `/metrics` does not answer.
+async fn fallback_metric(http: &reqwest::Client, broadcaster: &str) -> Option<f64> {
+    let resp = http
+        .get(format!("http://{broadcaster}/metrics"))
+        .send()
+        .await
+        .ok()?;
+    if !resp.status().is_success() {
+        return None;
+    }
+    let text = resp.text().await.ok()?;
+    Some(
+        text.lines()
+            .filter(|l| {
+                l.strip_prefix(FALLBACK_METRIC)
+                    .is_some_and(|rest| rest.starts_with([' ', '{']))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum(),
+    )
 }
 
 /// Copies stored on `nodes` in total, from their listings.
@@ -848,16 +873,21 @@ async fn run() -> anyhow::Result<bool> {
         let before = (
             broadcaster.out.fallback.load(Ordering::Relaxed),
             broadcaster.out.replica_failed.load(Ordering::Relaxed),
+            fallback_metric(&http, &bc).await,
         );
         let pass = read_via_broadcaster(&http, &bc, &video).await;
         // Let the drain thread catch up with the broadcaster's log.
         tokio::time::sleep(Duration::from_millis(300)).await;
         let fallbacks = broadcaster.out.fallback.load(Ordering::Relaxed) - before.0;
         let failed = broadcaster.out.replica_failed.load(Ordering::Relaxed) - before.1;
+        let metric = match (before.2, fallback_metric(&http, &bc).await) {
+            (Some(a), Some(b)) => format!("{}", b - a),
+            _ => "?".to_owned(),
+        };
         ok &= report_failures(&format!("read pass {pass_no} with a node down"), &pass);
-        degraded.push((pass, fallbacks, failed));
+        degraded.push((pass, fallbacks, failed, metric));
     }
-    for (i, (pass, fallbacks, failed)) in degraded.iter().enumerate() {
+    for (i, (pass, fallbacks, failed, metric)) in degraded.iter().enumerate() {
         table.latency(
             format!(
                 "read via broadcaster, 2/3 nodes, pass {} after SIGKILL",
@@ -874,7 +904,7 @@ async fn run() -> anyhow::Result<bool> {
         table.row(
             format!("  reads served by the fallback replica (pass {})", i + 1),
             format!(
-                "{fallbacks} of {n} (log lines); {failed} failed replica attempts logged; {primary_on_victim} expected"
+                "{fallbacks} of {n} logged, {metric} by /metrics; {failed} failed attempts logged; {primary_on_victim} expected"
             ),
             String::new(),
             "",

@@ -68,6 +68,10 @@ pub async fn serve(
     let app = app.route("/metrics", axum::routing::get(crate::metrics::render));
     tracing::info!("listening on {addr}");
     let signal = shutdown.clone();
+    // axum 0.8 leaves Nagle on; small responses (segments, reports) would then wait ~40 ms for delayed ACKs.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server = axum::serve(listener, app.into_make_service())
         .with_graceful_shutdown(async move { signal.cancelled().await })
         .into_future();
