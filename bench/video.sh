@@ -146,11 +146,13 @@ META="sqlite:$DATA/meta.db"
 mkdir -p "$DATA"
 # Each service may log more than info where the breakdown needs it; the user's RUST_LOG is not used.
 nodes=()
+declare -A role_pid=()
 for i in 1 2 3; do
   logf=$RUN/logs/storage$i.log
   STORAGE_NODE_HTTP_HOST=127.0.0.1 STORAGE_NODE_HTTP_PORT=0 STORAGE_NODE_DATA_DIR="$DATA/storage$i" \
     RUST_LOG=info,storage_node=debug "$BIN/storage-node" >"$logf" 2>&1 &
   pids+=($!)
+  role_pid[storage$i]=$!
   nodes+=("$(addr_of "$logf" $!)")
 done
 
@@ -162,9 +164,11 @@ start_reader() {
   pids+=($!)
 }
 start_reader reader-disk info READER_SINK=disk
+role_pid[reader-disk]=${pids[-1]}
 disk=$(addr_of "$RUN/logs/reader-disk.log" "${pids[-1]}")
 # reader::dash=debug: "ffmpeg started" and "transcode done" (elapsed, ffmpeg_elapsed) for the breakdown.
 start_reader reader-dash info,reader::dash=debug READER_SINK=dash READER_FFMPEG_PRESET="$PRESET"
+role_pid[reader-dash]=${pids[-1]}
 dash=$(addr_of "$RUN/logs/reader-dash.log" "${pids[-1]}")
 
 logf=$RUN/logs/broadcaster.log
@@ -173,6 +177,7 @@ BROADCASTER_HTTP_HOST=127.0.0.1 BROADCASTER_HTTP_PORT=0 BROADCASTER_HOST_LIST="$
   BROADCASTER_REPLICATION=2 BROADCASTER_WEB_DIR="$ROOT/web" RUST_LOG=info \
   "$BIN/broadcaster" >"$logf" 2>&1 &
 pids+=($!)
+role_pid[broadcaster]=$!
 B=$(addr_of "$logf" $!)
 curl -fsS "http://$B/admin/nodes" >/dev/null || die "broadcaster has no ring layout"
 # The dash reader started before the layout existed (the broadcaster seeds it); it reloads the layout every
@@ -206,20 +211,38 @@ make_clip() {
 # --- measurements ----------------------------------------------------------------------------------------------
 now() { date +%s.%N; }
 RESULTS=$RUN/results.tsv
-printf 'clip\ttrial\tid\tsize_bytes\tupload_s\tbare_s\tdist_s\tratio\thttp\tplayable\tring_files\tring_unique\tring_replicated\tbare_files\tbare_bytes\tup_end_unix\tplayable_unix\n' >"$RESULTS"
+printf 'clip\ttrial\tid\tsize_bytes\tupload_s\tbare_s\tdist_s\tratio\thttp\tplayable\tring_files\tring_unique\tring_replicated\tbare_files\tbare_bytes\tup_end_unix\tplayable_unix\tbare_cpu\n' >"$RESULTS"
 failed=0
 
-# bare CLIP DIR: runs the reader's ladder command; prints the wall seconds.
+# bare CLIP DIR: runs the reader's ladder command; prints "wall_seconds cpu_seconds" (user + system).
 bare() {
-  local clip=$1 dir=$2 args t0 t1
+  local clip=$1 dir=$2 args
   rm -rf "$dir"; mkdir -p "$dir"
   mapfile -d '' args < <("$LADDER_CMD" --nul --preset "$PRESET" "$clip" "$dir" 2>>"$RUN/logs/ladder_cmd.log")
   ((${#args[@]})) || die "ladder_cmd printed no command for $clip (see $RUN/logs/ladder_cmd.log)"
   "$LADDER_CMD" --preset "$PRESET" "$clip" "$dir" >>"$RUN/logs/ladder_cmd.log" 2>&1
-  t0=$(now)
-  ffmpeg "${args[@]}" </dev/null 2>>"$RUN/logs/bare-ffmpeg.log" || die "bare ffmpeg failed on $clip (see $RUN/logs/bare-ffmpeg.log)"
-  t1=$(now)
-  python3 -c 'import sys; print(f"{float(sys.argv[2]) - float(sys.argv[1]):.3f}")' "$t0" "$t1"
+  python3 - "$RUN/logs/bare-ffmpeg.log" "${args[@]}" <<'PY' || die "bare ffmpeg failed on $clip (see $RUN/logs/bare-ffmpeg.log)"
+import resource, subprocess, sys, time
+with open(sys.argv[1], "a") as err:
+    t = time.monotonic()
+    rc = subprocess.run(["ffmpeg", *sys.argv[2:]], stdin=subprocess.DEVNULL, stderr=err).returncode
+    wall = time.monotonic() - t
+ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(f"{wall:.3f} {ru.ru_utime + ru.ru_stime:.2f}")
+sys.exit(rc)
+PY
+}
+
+# CPU seconds used so far by each service, as "role self children" lines; "children" is what the process's
+# reaped children used (for the dash reader: ffprobe, ffmpeg and the poster's ffmpeg).
+cpu_snapshot() {
+  local role pid tck
+  tck=$(getconf CLK_TCK)
+  for role in "${!role_pid[@]}"; do
+    pid=${role_pid[$role]}
+    # Fields after the ")" that closes the command name: utime is the 12th, stime, cutime, cstime follow.
+    sed 's/.*) //' "/proc/$pid/stat" | awk -v r="$role" -v t="$tck" '{printf "%s %.2f %.2f\n", r, ($12+$13)/t, ($14+$15)/t}'
+  done
 }
 
 # dist CLIP NAME TRACE: uploads through POST /upload; prints "http upload_s dist_s up_end playable_at" (the last
@@ -286,11 +309,17 @@ for spec in $CLIPS; do
     id="bench-${spec/:/s-}-$STAMP-$trial"
     bare_dir=$RUN/bare/$id
     trace=$RUN/logs/curl-$id.trace
-    run_bare() { log "$spec #$trial: bare ffmpeg..."; bare_s=$(bare "$clip" "$bare_dir"); log "  bare ffmpeg ${bare_s}s"; }
+    run_bare() {
+      log "$spec #$trial: bare ffmpeg..."
+      read -r bare_s bare_cpu < <(bare "$clip" "$bare_dir")
+      log "  bare ffmpeg ${bare_s}s wall, ${bare_cpu}s CPU"
+    }
     run_dist() {
       log "$spec #$trial: upload $id.mp4 through the broadcaster..."
+      cpu_snapshot >"$RUN/cpu-$id.before"
       read -r http upload_s dist_s up_end resp_at < <(dist "$clip" "$id.mp4" "$trace") \
         || { http=000 upload_s=nan dist_s=nan up_end=- resp_at=-; }
+      cpu_snapshot >"$RUN/cpu-$id.after"
       log "  HTTP $http, upload ${upload_s}s, end of upload -> playable ${dist_s}s"
     }
     # Alternate the order so that a drift in background load does not always favour the same side.
@@ -306,18 +335,19 @@ for spec in $CLIPS; do
       log "  FAILED: HTTP $http, playable=$ok (see $trace and $RUN/logs/)"
     fi
     ratio=$(python3 -c 'import sys,math; d,b=float(sys.argv[1]),float(sys.argv[2]); print("nan" if math.isnan(d) else f"{d/b:.2f}")' "$dist_s" "$bare_s")
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
       "$spec" "$trial" "$id" "$size" "$upload_s" "$bare_s" "$dist_s" "$ratio" "$http" "$ok" \
-      "$ring_files" "$ring_unique" "$ring_repl" "$bare_files" "$bare_bytes" "$up_end" "$resp_at" >>"$RESULTS"
+      "$ring_files" "$ring_unique" "$ring_repl" "$bare_files" "$bare_bytes" "$up_end" "$resp_at" "$bare_cpu" >>"$RESULTS"
   done
 done
 
 # --- report ----------------------------------------------------------------------------------------------------
-python3 - "$RESULTS" "$RUN/logs" "$PRESET" "$(nproc)" "$(cut -d' ' -f1-3 /proc/loadavg)" <<'PY' | tee "$RUN/table.txt"
+python3 - "$RESULTS" "$RUN" "$PRESET" "$(nproc)" "$(cut -d' ' -f1-3 /proc/loadavg)" <<'PY' | tee "$RUN/table.txt"
 import csv, glob, math, os, re, sys
 from datetime import datetime, timezone
 
-results, logs, preset, cores, load = sys.argv[1:6]
+results, run, preset, cores, load = sys.argv[1:6]
+logs = os.path.join(run, "logs")
 rows = list(csv.DictReader(open(results), delimiter="\t"))
 MB = 1e6
 
@@ -331,21 +361,51 @@ def f(x, fmt="{:.2f}"):
 print(f"Video benchmark: end of upload -> playable (303), against bare ffmpeg of the same ladder on the same file")
 print(f"preset {preset}, {cores} cores, load average at the end {load}; R=2, 3 storage nodes; goal: ratio <= 1.1")
 print()
+def cpu(id_):
+    """CPU seconds each service (self, reaped children) used from just before the upload to the 303."""
+    snap = {}
+    for k in ("before", "after"):
+        try:
+            for l in open(os.path.join(run, f"cpu-{id_}.{k}")):
+                role, own, kids = l.split()
+                snap.setdefault(role, {})[k] = (float(own), float(kids))
+        except FileNotFoundError:
+            return {}
+    return {role: (v["after"][0] - v["before"][0], v["after"][1] - v["before"][1])
+            for role, v in snap.items() if "before" in v and "after" in v}
+
 hdr = ["clip", "#", "size MB", "upload s", "bare s", "dist s", "ratio", "goal", "HTTP", "playable",
-       "ring files", "unique MB", "replicated MB", "bare files", "bare MB"]
+       "ring files", "unique MB", "replicated MB", "bare files", "bare MB", "bare CPU s", "dist CPU s", "CPU ratio"]
 table = []
 for r in rows:
     ratio = r["ratio"]
     goal = "-" if ratio in ("nan", "") else ("met" if float(ratio) <= 1.1 else "missed")
+    c = cpu(r["id"])
+    dist_cpu = sum(a + b for a, b in c.values()) if c else math.nan
+    bare_cpu = float(r["bare_cpu"] or "nan")
     table.append([r["clip"], r["trial"], f(float(r["size_bytes"]) / MB, "{:.1f}"), f(r["upload_s"]), f(r["bare_s"]),
                   f(r["dist_s"]), f(ratio), goal, r["http"], "yes" if r["playable"] == "1" else "NO",
                   r["ring_files"], f(float(r["ring_unique"] or 0) / MB), f(float(r["ring_replicated"] or 0) / MB),
-                  r["bare_files"], f(float(r["bare_bytes"] or 0) / MB)])
+                  r["bare_files"], f(float(r["bare_bytes"] or 0) / MB),
+                  f(bare_cpu, "{:.1f}"), f(dist_cpu, "{:.1f}"), f(dist_cpu / bare_cpu)])
 w = [max(len(str(x)) for x in col) for col in zip(hdr, *table)]
 line = lambda cells: "  ".join(str(c).rjust(n) for c, n in zip(cells, w))
 print(line(hdr))
 for t in table:
     print(line(t))
+by_clip = {}
+for r in rows:
+    if r["ratio"] not in ("nan", ""):
+        by_clip.setdefault(r["clip"], []).append(r)
+for clip, rs in by_clip.items():
+    if len(rs) > 1:
+        med = lambda xs: sorted(xs)[len(xs) // 2] if len(xs) % 2 else sum(sorted(xs)[len(xs) // 2 - 1:len(xs) // 2 + 1]) / 2
+        b, d = med([float(r["bare_s"]) for r in rs]), med([float(r["dist_s"]) for r in rs])
+        print(f"{clip}: median bare {b:.2f} s, median dist {d:.2f} s, ratio of medians {d / b:.2f} over {len(rs)} uploads")
+print()
+print("dist CPU s = CPU time of every service (and the dash reader's ffprobe/ffmpeg children) from just before the")
+print("upload to the 303, upload included; bare CPU s = the bare ffmpeg's user + system time. CPU time is less")
+print("sensitive than wall time to what else the machine runs, but not immune (shared cores, caches, SMT).")
 
 # Where the time went, per upload, from the logs (all UTC).
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -379,9 +439,13 @@ for r in rows:
     t_up, t_303 = float(r["up_end_unix"]), float(r["playable_unix"])
     in_win = lambda evs: [(t, m) for t, m in evs if t_up - 1 <= t <= t_303 + 1]
     d = in_win(dash)
-    start = next((t for t, m in d if "ffmpeg started" in m), math.nan)
-    done = next(((t, m) for t, m in d if "transcode done" in m), (math.nan, ""))
-    onring = next((t for t, m in d if "video transcoded onto the ring" in m and r["id"] in m), math.nan)
+    # The dash reader names the broadcaster's upload id (not the video id) in "ffmpeg started" (its staging
+    # file); "transcode done" names neither and is the first one after that start.
+    onring, uid = next(((t, re.search(r"upload=(\w+)", m)) for t, m in d
+                        if "video transcoded onto the ring" in m and f"video={r['id']} " in m), (math.nan, None))
+    uid = uid.group(1) if uid else "?"
+    start = next((t for t, m in d if "ffmpeg started" in m and re.search(rf"/{uid}\b", m)), math.nan)
+    done = next(((t, m) for t, m in d if "transcode done" in m and t >= start), (math.nan, ""))
     ready = next((t for t, m in in_win(bcast) if "video ready" in m and r["id"] in m), math.nan)
     puts = sorted(t for t, m in in_win(stores) if "stored" in m and f"{r['id']}/" in m)
     ffm = dur(re.search(r"ffmpeg_elapsed=(\S+)", done[1]).group(1)) if "ffmpeg_elapsed=" in done[1] else math.nan
@@ -398,6 +462,14 @@ for r in rows:
     if puts:
         print(f"    ring: {len(puts)} blob writes (replicas), first {rel(puts[0])}, last {rel(puts[-1])}; "
               f"{len(late)} after ffmpeg exited")
+    c = cpu(r["id"])
+    if c:
+        kids = c.get("reader-dash", (0, 0))[1]
+        own = {role: v[0] for role, v in c.items()}
+        nodes = sum(v for role, v in own.items() if role.startswith("storage"))
+        print(f"    CPU s: dash reader's ffprobe+ffmpeg+poster {kids:.2f} (bare ffmpeg {f(r['bare_cpu'])}), "
+              f"dash reader {own.get('reader-dash', 0):.2f}, storage nodes {nodes:.2f}, "
+              f"broadcaster {own.get('broadcaster', 0):.2f}, disk reader {own.get('reader-disk', 0):.2f}")
 PY
 
 if ((failed)); then
