@@ -70,17 +70,17 @@ for i in 1 2 3; do
   nodes+=("$a")
 done
 
-# The broadcaster seeds the ring layout on its first start; readers need it to exist.
+# Starts a reader and sets READER_ADDR (not via $(...): the PID must reach this shell's list).
 start_reader() {
   local name=$1; shift
   local log="$DATA/$name.log"; : >"$log"
   env READER_HTTP_HOST=127.0.0.1 READER_HTTP_PORT=0 READER_DATA_DIR="$DATA/$name" READER_METADATA="$META" \
     RUST_LOG="${RUST_LOG:-info}" "$@" "$BIN/reader" >"$log" 2>&1 &
   pids+=($!)
-  addr_of "$log" $!
+  READER_ADDR=$(addr_of "$log" $!)
 }
-disk=$(start_reader reader-disk READER_SINK=disk)
-dash=$(start_reader reader-dash READER_SINK=dash)
+start_reader reader-disk READER_SINK=disk; disk=$READER_ADDR
+start_reader reader-dash READER_SINK=dash; dash=$READER_ADDR
 
 log="$DATA/broadcaster.log"; : >"$log"
 BROADCASTER_HTTP_HOST=127.0.0.1 BROADCASTER_HTTP_PORT="$PORT" BROADCASTER_HOST_LIST="$disk;$dash;ring" \
