@@ -442,6 +442,10 @@ impl Engine {
             let status = resp.status();
             if !status.is_success() {
                 let text = resp.text().await.unwrap_or_default();
+                // Targets answer `{"error": "…"}`; show the message, not the JSON around it.
+                let text = serde_json::from_str::<common::protocol::ErrorBody>(&text)
+                    .map(|b| b.error)
+                    .unwrap_or(text);
                 return Err(LaneError {
                     status: Some(status.as_u16()),
                     message: format!("target answered {status}: {}", text.trim()),

@@ -135,6 +135,7 @@ impl VideoSink {
                         .transcode_to_ring(&video_id, &input, &work_dir, token)
                         .await;
                     let _ = tokio::fs::remove_dir_all(&work_dir).await;
+                    let _ = tokio::fs::remove_dir_all(work_dir.with_extension("poster")).await;
                     r
                 });
                 let result = task
@@ -257,13 +258,20 @@ impl VideoSink {
             }
             result
         };
-        let (transcoded, uploaded) = tokio::join!(transcode, uploads);
+        // The poster is cut alongside the transcode (ffmpeg's output directory must hold only its own files),
+        // so it adds nothing to the time until the video is playable.
+        let poster_dir = work_dir.with_extension("poster");
+        let poster = poster_dir.join(dash::POSTER);
+        let thumbnail = async {
+            tokio::fs::create_dir_all(&poster_dir).await?;
+            dash::thumbnail(input, &poster, probe)
+                .await
+                .map_err(|e| video_error(&e))
+        };
+        let (transcoded, uploaded, thumbnailed) = tokio::join!(transcode, uploads, thumbnail);
         uploaded?;
         transcoded.map_err(|e| video_error(&e))?;
-        let poster = work_dir.join("poster.jpg");
-        dash::thumbnail(input, &poster, probe)
-            .await
-            .map_err(|e| video_error(&e))?;
+        thumbnailed?;
         self.put_file(video_id, poster, written).await
     }
 
