@@ -128,10 +128,7 @@ impl Config {
 
     /// Reads configuration from `(name, value)` pairs, as if they were the environment.
     pub fn from_vars<I: IntoIterator<Item = (String, String)>>(vars: I) -> Result<Self, EnvError> {
-        let vars: Vec<(String, String)> = vars.into_iter().collect();
-        env::reject_unknown("BROADCASTER_", VARS, vars.iter().map(|(k, _)| k.as_str()))?;
-        let raw: RawConfig = envy::prefixed("BROADCASTER_").from_iter(vars)?;
-        Self::try_from(raw)
+        Self::try_from(env::load::<RawConfig>("BROADCASTER_", VARS, vars)?)
     }
 }
 

@@ -37,7 +37,7 @@ impl IntoResponse for UploadError {
                 "<!doctype html><meta charset=utf-8><title>Upload failed</title>\
                  <p>Upload failed ({}): {}</p><p><a href=\"/\">Back</a></p>",
                 self.status.as_u16(),
-                escape(&self.message)
+                crate::web::html::escape(&self.message)
             );
             return (self.status, Html(page)).into_response();
         }
@@ -49,14 +49,6 @@ impl IntoResponse for UploadError {
         )
             .into_response()
     }
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&#39;")
 }
 
 /// Handles the web form's upload; 303 to `/` once the video is playable.

@@ -91,11 +91,22 @@ pub fn ip(
     }
 }
 
+/// Reads the variables under `prefix` into a raw config struct, refusing names that are not in `known`:
+/// the one way every service turns its environment into strings before validating them.
+pub fn load<R: serde::de::DeserializeOwned>(
+    prefix: &str,
+    known: &[&'static str],
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<R, EnvError> {
+    let vars: Vec<(String, String)> = vars.into_iter().collect();
+    reject_unknown(prefix, known, vars.iter().map(|(k, _)| k.as_str()))?;
+    Ok(envy::prefixed(prefix).from_iter(vars)?)
+}
+
 /// Refuses every variable that starts with `prefix` but is not in `known`, naming it and the known name it
 /// most resembles. Names are compared case-insensitively, as `envy` reads them.
 ///
-/// Each service calls this in `Config::from_vars` with its `VARS` list before `envy` reads the values, since
-/// `envy` ignores names it does not know.
+/// [`load`] calls this before `envy` reads the values, since `envy` ignores names it does not know.
 pub fn reject_unknown<'a>(
     prefix: &str,
     known: &[&'static str],

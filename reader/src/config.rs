@@ -119,10 +119,7 @@ impl Config {
 
     /// Reads configuration from `(name, value)` pairs, as if they were the environment.
     pub fn from_vars<I: IntoIterator<Item = (String, String)>>(vars: I) -> Result<Self, EnvError> {
-        let vars: Vec<(String, String)> = vars.into_iter().collect();
-        env::reject_unknown("READER_", VARS, vars.iter().map(|(k, _)| k.as_str()))?;
-        let raw: RawConfig = envy::prefixed("READER_").from_iter(vars)?;
-        Self::try_from(raw)
+        Self::try_from(env::load::<RawConfig>("READER_", VARS, vars)?)
     }
 }
 
