@@ -159,6 +159,8 @@ struct Lane {
     report: Option<StagedReport>,
     /// HTTP status of the target's refusal, if it refused.
     refused: Option<u16>,
+    /// Queue occupancy gauge, resolved once so the per-chunk path does no label lookup or allocation.
+    queue_gauge: metrics::Gauge,
     sent: Arc<AtomicU64>,
     state: LaneState,
 }
@@ -427,6 +429,7 @@ impl Engine {
                 state: LaneState::Live,
                 report: None,
                 refused: None,
+                queue_gauge: queue_gauge(target),
             };
         }
         let request = self
@@ -463,6 +466,7 @@ impl Engine {
             state: LaneState::Live,
             report: None,
             refused: None,
+            queue_gauge: queue_gauge(target),
         }
     }
 
@@ -477,7 +481,7 @@ impl Engine {
             };
             match tx.send_timeout(m, stall).await {
                 Ok(()) => {
-                    metrics::gauge!("distributary_target_queue_occupancy", "target" => lane.target.label.clone())
+                    lane.queue_gauge
                         .set((tx.max_capacity() - tx.capacity()) as f64);
                 }
                 Err(SendTimeoutError::Timeout(_)) => {
@@ -679,6 +683,10 @@ fn describe(e: &reqwest::Error) -> String {
         src = cause.source();
     }
     s
+}
+
+fn queue_gauge(target: &Target) -> metrics::Gauge {
+    metrics::gauge!("distributary_target_queue_occupancy", "target" => target.label.clone())
 }
 
 /// Decrements the active-uploads gauge however the upload ends.
