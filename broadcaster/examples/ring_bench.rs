@@ -433,9 +433,8 @@ async fn read_in_process(cluster: &Cluster, video: &[Segment]) -> Pass {
         let key = BlobKey::new(VIDEO, s.file.clone());
         let started = Instant::now();
         let got = cluster
-            .get_blob(&key, None)
+            .get_verified(&key, None)
             .await
-            .map(|f| f.data)
             .map_err(|e| e.to_string());
         pass.record(&s.file, started.elapsed(), got, &s.data);
     }
@@ -471,7 +470,7 @@ async fn stored_copies(cluster: &Cluster, nodes: &[String]) -> anyhow::Result<us
     for n in nodes {
         total += cluster
             .nodes()
-            .list(n)
+            .list(n, false)
             .await
             .with_context(|| format!("cannot list the blobs on {n}"))?
             .len();
@@ -729,6 +728,8 @@ async fn run() -> anyhow::Result<bool> {
             chunk_size: 4 << 20,
             connect_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_secs(30),
+            secret: None,
+            lease_ttl: Duration::from_secs(60),
         },
     )
     .await?;

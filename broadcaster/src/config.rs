@@ -31,6 +31,14 @@ pub const DEFAULT_REPLICATION: usize = 2;
 pub const DEFAULT_RING_CHUNK_SIZE: usize = 4 << 20;
 /// Per-request timeout to storage nodes.
 pub const DEFAULT_NODE_TIMEOUT_MS: u64 = 30_000;
+/// How often the housekeeping sweep runs.
+pub const DEFAULT_GC_INTERVAL_SECS: u64 = 300;
+/// Nothing younger than this is swept: uploads in flight have had ample time to take their lease.
+pub const DEFAULT_ORPHAN_GRACE_SECS: u64 = 3600;
+/// How often a background repair (with a scrub of every node) runs; 0 turns it off.
+pub const DEFAULT_REPAIR_INTERVAL_SECS: u64 = 86_400;
+/// A live upload's lease lapses this long after its broadcaster stopped renewing it.
+pub const DEFAULT_LEASE_TTL_SECS: u64 = 60;
 /// Holds `package.json` and `node_modules/` with the dash.js player the watch page loads.
 pub const DEFAULT_WEB_DIR: &str = "./web";
 
@@ -73,6 +81,16 @@ pub struct Config {
     pub node_timeout: Duration,
     /// Web assets directory (dash.js under `node_modules/`).
     pub web_dir: std::path::PathBuf,
+    /// Period of the housekeeping sweep (orphan blobs, videos stuck in `processing`).
+    pub gc_interval: Duration,
+    /// Nothing younger than this is swept.
+    pub orphan_grace: Duration,
+    /// Period of the background repair; zero: never.
+    pub repair_interval: Duration,
+    /// How long a live upload's lease holds without renewal.
+    pub lease_ttl: Duration,
+    /// The cluster secret (`DISTRIBUTARY_CLUSTER_SECRET_FILE`) storage nodes prove their identity with.
+    pub cluster_secret: Option<common::cluster::ClusterSecret>,
 }
 
 /// Every variable this service reads; any other `BROADCASTER_*` variable stops it at start (a typo must not
@@ -96,6 +114,10 @@ pub const VARS: &[&str] = &[
     "BROADCASTER_RING_CHUNK_SIZE",
     "BROADCASTER_NODE_TIMEOUT_MS",
     "BROADCASTER_WEB_DIR",
+    "BROADCASTER_GC_INTERVAL_SECS",
+    "BROADCASTER_ORPHAN_GRACE_SECS",
+    "BROADCASTER_REPAIR_INTERVAL_SECS",
+    "BROADCASTER_LEASE_TTL_SECS",
 ];
 
 #[derive(Debug, Default, Deserialize)]
@@ -118,6 +140,10 @@ struct RawConfig {
     ring_chunk_size: Option<String>,
     node_timeout_ms: Option<String>,
     web_dir: Option<String>,
+    gc_interval_secs: Option<String>,
+    orphan_grace_secs: Option<String>,
+    repair_interval_secs: Option<String>,
+    lease_ttl_secs: Option<String>,
 }
 
 impl Config {
@@ -128,7 +154,11 @@ impl Config {
 
     /// Reads configuration from `(name, value)` pairs, as if they were the environment.
     pub fn from_vars<I: IntoIterator<Item = (String, String)>>(vars: I) -> Result<Self, EnvError> {
-        Self::try_from(env::load::<RawConfig>("BROADCASTER_", VARS, vars)?)
+        let vars: Vec<(String, String)> = vars.into_iter().collect();
+        let secret = common::cluster::ClusterSecret::from_vars(&vars)?;
+        let mut config = Self::try_from(env::load::<RawConfig>("BROADCASTER_", VARS, vars)?)?;
+        config.cluster_secret = secret;
+        Ok(config)
     }
 }
 
@@ -200,7 +230,35 @@ impl TryFrom<RawConfig> for Config {
             }
             storage_nodes.push(n.to_owned());
         }
+        let secs = |var: &str, raw: Option<&str>, default: u64, min: u64| {
+            env::number(var, raw, default, min, 10 * 365 * 86_400).map(Duration::from_secs)
+        };
         Ok(Self {
+            gc_interval: secs(
+                "BROADCASTER_GC_INTERVAL_SECS",
+                raw.gc_interval_secs.as_deref(),
+                DEFAULT_GC_INTERVAL_SECS,
+                1,
+            )?,
+            orphan_grace: secs(
+                "BROADCASTER_ORPHAN_GRACE_SECS",
+                raw.orphan_grace_secs.as_deref(),
+                DEFAULT_ORPHAN_GRACE_SECS,
+                0,
+            )?,
+            repair_interval: secs(
+                "BROADCASTER_REPAIR_INTERVAL_SECS",
+                raw.repair_interval_secs.as_deref(),
+                DEFAULT_REPAIR_INTERVAL_SECS,
+                0,
+            )?,
+            lease_ttl: secs(
+                "BROADCASTER_LEASE_TTL_SECS",
+                raw.lease_ttl_secs.as_deref(),
+                DEFAULT_LEASE_TTL_SECS,
+                3,
+            )?,
+            cluster_secret: None,
             web_dir: raw
                 .web_dir
                 .as_deref()

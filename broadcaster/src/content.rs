@@ -49,24 +49,42 @@ pub async fn get_content(
         return bad_request(format!("bad file name: {e}"));
     }
     let key = BlobKey::new(id, file);
-    let fetched = match engine.cluster().get_blob(&key, None).await {
-        Ok(f) => f,
-        Err(RingError::Node(NodeError::NotFound { .. })) => {
-            return (
-                StatusCode::NOT_FOUND,
-                Json(ErrorBody {
-                    error: format!("no such file: {key}"),
-                }),
-            )
-                .into_response()
-        }
+    let missing = || {
+        (
+            StatusCode::NOT_FOUND,
+            Json(ErrorBody {
+                error: format!("no such file: {key}"),
+            }),
+        )
+            .into_response()
+    };
+    // Only files a committed upload recorded are served, each checked against the digest recorded then:
+    // a storage node cannot alter or add what viewers receive.
+    let video = match engine.cluster().meta().get_video(&key.id).await {
+        Ok(Some(v)) if v.status != meta::VideoRecord::FAILED => v,
+        Ok(_) => return missing(),
+        Err(e) => return crate::error::BroadcastError::from(RingError::from(e)).into_response(),
+    };
+    let expected = match video.digests.get(&key.file) {
+        Some(sha) => Some(sha.clone()),
+        // Records written before digests existed.
+        None if video.digests.is_empty() && video.files.contains(&key.file) => None,
+        None => return missing(),
+    };
+    let data = match engine
+        .cluster()
+        .get_verified(&key, expected.as_deref())
+        .await
+    {
+        Ok(d) => d,
+        Err(RingError::Node(NodeError::NotFound { .. })) => return missing(),
         Err(e) => return crate::error::BroadcastError::from(e).into_response(),
     };
-    let etag = match &fetched.sha256 {
+    let etag = match &expected {
         Some(sha) => format!("\"{sha}\""),
-        None => format!("\"{:x}\"", xxhash_rust::xxh3::xxh3_128(&fetched.data)),
+        None => format!("\"{:x}\"", xxhash_rust::xxh3::xxh3_128(&data)),
     };
-    let len = fetched.data.len() as u64;
+    let len = data.len() as u64;
     let (status, mut out, start, count) =
         match common::serve::prepare(&headers, &etag, len, content_type(&key.file)) {
             common::serve::Prepared::Done(resp) => return *resp,
@@ -87,6 +105,6 @@ pub async fn get_content(
     if method == Method::HEAD {
         return (status, out).into_response();
     }
-    let body = fetched.data.slice(start as usize..(start + count) as usize);
+    let body = data.slice(start as usize..(start + count) as usize);
     (status, out, Body::from(body)).into_response()
 }

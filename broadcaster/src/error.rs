@@ -66,7 +66,12 @@ impl IntoResponse for BroadcastError {
 fn ring_response(e: crate::ring::RingError) -> Response {
     use crate::ring::RingError;
     let status = match &e {
-        RingError::Membership(_) | RingError::Conflict | RingError::Empty => StatusCode::CONFLICT,
+        RingError::Membership(_)
+        | RingError::Duplicate(_)
+        | RingError::Conflict
+        | RingError::Busy(_)
+        | RingError::Empty => StatusCode::CONFLICT,
+        RingError::NotANode(_) => StatusCode::BAD_REQUEST,
         RingError::Unreachable(_) | RingError::NoReplica(_) | RingError::Node(_) => {
             StatusCode::BAD_GATEWAY
         }

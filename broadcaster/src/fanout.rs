@@ -237,6 +237,22 @@ impl Engine {
         metrics::gauge!("distributary_uploads_active").increment(1.0);
         let _active = ActiveUpload;
         let id = uuid::Uuid::new_v4().simple().to_string();
+        let mut failure = None;
+        let mut error = None;
+        // The ring's chunks of this upload are protected from the housekeeping sweep by a lease, held until
+        // they are committed (recorded) or deleted.
+        let _lease = if cfg.targets.iter().any(|t| t.is_ring) {
+            match self.cluster.lease(&id, vec![format!("raw.{id}")]).await {
+                Ok(guard) => Some(guard),
+                Err(e) => {
+                    failure = Some(Failure::Unavailable);
+                    error = Some(format!("cannot register the upload: {e}"));
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let mut lanes: Vec<Lane> = cfg
             .targets
             .iter()
@@ -246,8 +262,6 @@ impl Engine {
         let mut hasher = Sha256::new();
         let mut quick = xxhash_rust::xxh3::Xxh3::new();
         let mut total = 0u64;
-        let mut failure = None;
-        let mut error = None;
         let mut buf = BytesMut::with_capacity(cfg.buffer_size);
 
         futures_util::pin_mut!(body);
@@ -552,7 +566,12 @@ impl Engine {
             .filter(|l| matches!(l.state, LaneState::Staged))
             .map(|lane| async move {
                 if lane.target.is_ring {
-                    lane.state = match self.cluster.commit_file(name, id, size, sha).await {
+                    let chunks = lane
+                        .report
+                        .as_ref()
+                        .map(|r| r.chunk_sha256.clone())
+                        .unwrap_or_default();
+                    lane.state = match self.cluster.commit_file(name, id, size, sha, chunks).await {
                         Ok(()) => LaneState::Committed,
                         Err(e) => LaneState::Failed(format!("commit failed: {e}")),
                     };

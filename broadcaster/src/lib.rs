@@ -9,7 +9,8 @@
 //! - [`routes`]: the HTTP surface.
 //! - [`error`]: requests refused at the edge.
 //! - [`ring`]: the storage ring: layout in the metadata store, placement, reads with fallback, migration.
-//! - [`admin`]: ring membership API used by `storage-node admin`.
+//! - [`admin`]: ring membership, repair and sweep API used by `storage-node admin`.
+//! - [`housekeeping`]: the background sweep and repair workers.
 //! - [`web`]: the web site: `GET /`, `GET /videos/{id}`, `/assets/*`.
 //! - [`video`]: `POST /upload`: a video fanned out, transcoded by a dash reader, listed once playable.
 //! - [`content`]: `GET /content/{id}/{file}`, ring files served with media types, ranges and caching.
@@ -21,6 +22,7 @@ pub mod config;
 pub mod content;
 pub mod error;
 pub mod fanout;
+pub mod housekeeping;
 pub mod routes;
 
 /// The storage ring client (its own crate so that readers can place blobs too).
@@ -76,10 +78,17 @@ pub async fn run(
         chunk_size: config.ring_chunk_size,
         connect_timeout: config.connect_timeout,
         request_timeout: config.node_timeout,
+        secret: config.cluster_secret.clone(),
+        lease_ttl: config.lease_ttl,
     };
     let cluster = ring::Cluster::open(store, &settings).await?;
     cluster.spawn_refresh(shutdown.clone());
+    let workers = tokio_util::task::TaskTracker::new();
+    housekeeping::spawn(cluster.clone(), &config, shutdown.clone(), &workers);
+    workers.close();
     let engine = fanout::Engine::new(Arc::new(config), cluster)?;
-    common::server::serve(listener, routes::app(engine), shutdown, grace).await?;
+    let served = common::server::serve(listener, routes::app(engine), shutdown, grace).await;
+    workers.wait().await;
+    served?;
     Ok(())
 }

@@ -195,8 +195,11 @@ async fn get_file(
     if method == Method::HEAD || count == 0 {
         return Ok((status, out).into_response());
     }
+    // The first chunk is fetched and verified before the status goes out: a file whose chunks are gone
+    // answers an error, not a 200 that breaks off.
     let stream = cluster
-        .read_file(record, start, start + count - 1)
+        .open_file(record, start, start + count - 1)
+        .await?
         .map_err(|e| std::io::Error::other(e.to_string()));
     Ok((status, out, Body::from_stream(stream)).into_response())
 }

@@ -115,6 +115,21 @@ async fn upload(engine: Engine, mut form: Multipart) -> Result<String, (StatusCo
     }
 
     let meta = engine.cluster().meta().clone();
+    // The transcoder writes the video's files to the ring while this runs; the lease keeps the sweep off
+    // them (and off the `processing` record) until the record says `ready` or the files are gone.
+    let _lease = engine
+        .cluster()
+        .lease(
+            &format!("video-{}", uuid::Uuid::new_v4().simple()),
+            vec![id.clone()],
+        )
+        .await
+        .map_err(|e| {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot register the upload: {e}"),
+            )
+        })?;
     let record = VideoRecord {
         id: id.clone(),
         status: meta::VideoRecord::PROCESSING.to_owned(),
@@ -122,6 +137,7 @@ async fn upload(engine: Engine, mut form: Multipart) -> Result<String, (StatusCo
         duration_ms: None,
         files: Vec::new(),
         error: None,
+        digests: Default::default(),
     };
     match meta.create_video(&record).await {
         Ok(()) => {}
@@ -151,6 +167,7 @@ async fn upload(engine: Engine, mut form: Multipart) -> Result<String, (StatusCo
                 status: meta::VideoRecord::READY.to_owned(),
                 duration_ms: Some(video.duration_ms),
                 files: video.files,
+                digests: video.digests,
                 ..record.clone()
             };
             if let Err(e) = meta.put_video(&ready).await {

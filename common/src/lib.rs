@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`name`]: validation of user-chosen names (files, videos) at every edge.
+//! - [`cluster`]: the cluster secret and the proofs made with it (node identity), never the secret itself.
 //! - [`digest`]: SHA-256 while streaming, and client digest headers (RFC 9530 `Content-Digest`, `X-Content-SHA256`).
 //! - [`durable`]: staging files written on a blocking thread, fsync + rename on commit, delete-on-drop.
 //! - [`serve`]: serving a file with `Range`, `ETag`, `HEAD`.
@@ -10,6 +11,7 @@
 //! - [`env`]: turning raw environment strings into validated values with errors that name the variable.
 //! - [`server`]: tracing setup, binding, the `listening on` line, graceful shutdown on SIGTERM / Ctrl-C.
 
+pub mod cluster;
 pub mod digest;
 pub mod durable;
 pub mod env;

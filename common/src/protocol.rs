@@ -30,6 +30,9 @@ pub struct StagedReport {
     /// What a transcoding target made of the upload, once every file of it is durable on the ring.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub video: Option<VideoReport>,
+    /// The ring lane only: each chunk's SHA-256, hex, recorded with the file so reads can be verified.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chunk_sha256: Vec<String>,
 }
 
 /// A video transcoded to DASH and stored on the ring under `{id}/{file}`.
@@ -47,6 +50,9 @@ pub struct VideoReport {
     pub renditions: usize,
     /// Every file written to the ring (manifest, init and media segments, poster).
     pub files: Vec<String>,
+    /// SHA-256 (hex) of each file in `files`, recorded with the video so every read can be verified.
+    #[serde(default)]
+    pub digests: std::collections::BTreeMap<String, String>,
 }
 
 /// Header on stage requests telling a transcoding target what the broadcaster expects of it.

@@ -23,8 +23,11 @@ use etcd_client::{
 };
 use tokio::time::Instant;
 
-use crate::record::{from_json, previous_file, sort_files, sort_videos, to_json};
-use crate::{FileRecord, MetaError, MetaStore, RingLayout, VideoRecord};
+use crate::record::{
+    from_json, previous_file, sort_files, sort_leases, sort_videos, to_json, unix_ms_now,
+    LockRecord,
+};
+use crate::{FileRecord, MetaError, MetaStore, RingLayout, UploadLease, VideoRecord};
 
 /// How long connecting to an endpoint may take before it counts as down.
 pub const DEFAULT_ETCD_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -39,6 +42,11 @@ pub const DEFAULT_ETCD_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(1500);
 /// Pause before the first retry; doubled up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_millis(400);
+
+/// How many read-then-compare-and-swap rounds a lock operation makes before giving up. A round is
+/// lost only when another writer changed the key in between, and the next read then usually settles
+/// it (someone else holds it, or it is gone), so a handful is plenty.
+const LOCK_ROUNDS: u32 = 5;
 
 /// Every key lives under this prefix; `v1` is the record format, bumped by an incompatible change.
 pub const ETCD_PREFIX: &str = "/distributary/v1/";
@@ -97,6 +105,15 @@ fn video_key(id: &str) -> String {
 }
 fn file_key(name: &str) -> String {
     format!("{}{name}", files_prefix())
+}
+fn leases_prefix() -> String {
+    format!("{ETCD_PREFIX}leases/")
+}
+fn lease_key(id: &str) -> String {
+    format!("{}{id}", leases_prefix())
+}
+fn lock_key(name: &str) -> String {
+    format!("{ETCD_PREFIX}locks/{name}")
 }
 
 impl EtcdStore {
@@ -219,6 +236,25 @@ impl EtcdStore {
             .into_iter()
             .next()
             .map(|kv| kv.into_key_value().1))
+    }
+
+    /// The lock stored at `key` and the revision it was last written at, the compare-and-swap key.
+    async fn read_lock(
+        &self,
+        key: &str,
+        name: &str,
+    ) -> Result<Option<(LockRecord, i64)>, MetaError> {
+        let mut resp = self
+            .run("read lock", |mut kv, _| {
+                let key = key.to_string();
+                async move { kv.get(key, None).await }
+            })
+            .await?;
+        resp.take_kvs()
+            .into_iter()
+            .next()
+            .map(|kv| Ok((from_json("lock", name, kv.value())?, kv.mod_revision())))
+            .transpose()
     }
 
     async fn list<T>(&self, what: &str, prefix: String) -> Result<Vec<T>, MetaError>
@@ -400,6 +436,104 @@ impl MetaStore for EtcdStore {
             .into_iter()
             .next()
             .and_then(|kv| previous_file(name, kv.value())))
+    }
+
+    async fn put_lease(&self, lease: &UploadLease) -> Result<(), MetaError> {
+        let (key, json) = (lease_key(&lease.id), to_json(lease));
+        self.run("put lease", |mut kv, _| {
+            let (key, json) = (key.clone(), json.clone());
+            async move { kv.put(key, json, None).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_lease(&self, id: &str) -> Result<(), MetaError> {
+        let key = lease_key(id);
+        self.run("delete lease", |mut kv, _| {
+            let key = key.clone();
+            async move { kv.delete(key, None).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn list_leases(&self) -> Result<Vec<UploadLease>, MetaError> {
+        let mut leases = self.list("lease", leases_prefix()).await?;
+        sort_leases(&mut leases);
+        Ok(leases)
+    }
+
+    async fn try_lock(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, MetaError> {
+        let key = lock_key(name);
+        for _ in 0..LOCK_ROUNDS {
+            let compare = match self.read_lock(&key, name).await? {
+                None => Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+                Some((held, revision)) => {
+                    if held.bars(holder, unix_ms_now()) {
+                        return Ok(false);
+                    }
+                    // Free to take at this revision; the write lands only if nobody wrote the key
+                    // since, so of several takers of a lapsed lock exactly one wins.
+                    Compare::mod_revision(key.clone(), CompareOp::Equal, revision)
+                }
+            };
+            let json = to_json(&LockRecord::new(holder, unix_ms_now(), ttl));
+            let txn = Txn::new()
+                .when([compare])
+                .and_then([TxnOp::put(key.clone(), json.clone(), None)])
+                .or_else([TxnOp::get(key.clone(), None)]);
+            if self.txn_once("take lock", txn, &json).await? {
+                return Ok(true);
+            }
+        }
+        // Every round lost to another writer of this key: the lock is contended and not ours now.
+        // Saying so is safe (the caller tries again later); claiming it would not be.
+        tracing::debug!(
+            name,
+            holder,
+            "lock still contended after {LOCK_ROUNDS} rounds"
+        );
+        Ok(false)
+    }
+
+    async fn unlock(&self, name: &str, holder: &str) -> Result<(), MetaError> {
+        let key = lock_key(name);
+        for _ in 0..LOCK_ROUNDS {
+            let Some((held, revision)) = self.read_lock(&key, name).await? else {
+                return Ok(());
+            };
+            if held.holder != holder {
+                return Ok(());
+            }
+            // Deleting only at the revision read keeps us from releasing a lock someone else took
+            // over (after ours lapsed) between the read and the delete.
+            let txn = Txn::new()
+                .when([Compare::mod_revision(
+                    key.clone(),
+                    CompareOp::Equal,
+                    revision,
+                )])
+                .and_then([TxnOp::delete(key.clone(), None)]);
+            // A lost answer to a delete that landed looks like a failed comparison; the next
+            // round's read finds the key gone, so no special case is needed.
+            let resp = self
+                .run("release lock", |mut kv, _| {
+                    let txn = txn.clone();
+                    async move { kv.txn(txn).await }
+                })
+                .await?;
+            if resp.succeeded() {
+                return Ok(());
+            }
+        }
+        // Our own renewals kept racing the release; the lock lapses at its expiry anyway.
+        tracing::warn!(
+            name,
+            holder,
+            "lock not released after {LOCK_ROUNDS} rounds; it will lapse"
+        );
+        Ok(())
     }
 
     async fn health(&self) -> Result<(), MetaError> {

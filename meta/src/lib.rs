@@ -10,8 +10,10 @@
 //!
 //! Both give the same guarantees: create-if-absent is atomic ([`MetaError::AlreadyExists`],
 //! never a silent overwrite), and the ring layout is replaced only by compare-and-swap on its
-//! version ([`MetaError::Conflict`] for the loser of a race). Records are JSON in both, so
-//! fields can be added without a schema migration.
+//! version ([`MetaError::Conflict`] for the loser of a race). Named locks
+//! ([`MetaStore::try_lock`]) are taken by compare-and-swap too, so of several broadcasters racing
+//! for one exactly one wins. Records are JSON in both, so fields can be added without a schema
+//! migration.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), meta::MetaError> {
@@ -24,10 +26,15 @@
 //! # Layout
 //!
 //! - `spec.rs`: parsing and validating `BROADCASTER_METADATA` into [`MetaSpec`].
-//! - `record.rs`: the stored records ([`RingLayout`], [`VideoRecord`], [`FileRecord`]).
+//! - `record.rs`: the stored records ([`RingLayout`] with its [`Membership`], [`VideoRecord`],
+//!   [`FileRecord`], [`UploadLease`]) and the JSON of a named lock (`{holder, expires_unix_ms}`).
 //! - `store.rs`: the [`MetaStore`] trait.
-//! - `sqlite.rs`: [`SqliteStore`]; blocking calls on tokio's blocking pool.
-//! - `etcd.rs`: [`EtcdStore`]; transactions for atomicity, timeouts on every request.
+//! - `sqlite.rs`: [`SqliteStore`]; blocking calls on tokio's blocking pool, one table per record
+//!   kind (`leases` and `locks` added without a schema version bump), locks taken inside an
+//!   `IMMEDIATE` transaction.
+//! - `etcd.rs`: [`EtcdStore`]; transactions for atomicity, timeouts on every request; one key per
+//!   record under [`ETCD_PREFIX`] (`layout`, `videos/`, `files/`, `leases/`, `locks/`), locks taken
+//!   by a transaction on the key's revision.
 //! - `error.rs`: [`MetaError`].
 
 mod error;
@@ -44,7 +51,7 @@ pub use etcd::{
     EtcdOptions, EtcdStore, DEFAULT_ETCD_ATTEMPT_TIMEOUT, DEFAULT_ETCD_CONNECT_TIMEOUT,
     DEFAULT_ETCD_REQUEST_TIMEOUT, ETCD_PREFIX,
 };
-pub use record::{FileRecord, RingLayout, VideoRecord};
+pub use record::{FileRecord, Membership, RingLayout, UploadLease, VideoRecord};
 pub use spec::{parse_spec, MetaSpec, DEFAULT_ETCD_PORT};
 pub use sqlite::{SqliteStore, SQLITE_SCHEMA_VERSION};
 pub use store::MetaStore;

@@ -4,6 +4,9 @@
 //! migration: unknown fields are ignored when reading, and new fields should carry
 //! `#[serde(default)]` so records written by an older version still decode.
 
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
 use serde::{Deserialize, Serialize};
 
 /// The storage ring's membership, versioned so that concurrent broadcasters can
@@ -18,6 +21,24 @@ pub struct RingLayout {
     pub vnodes: u32,
     /// Copies of each blob, on distinct nodes.
     pub replication: usize,
+    /// Each member's identity (parallel to `nodes`): the id a storage node keeps in its data directory
+    /// and proves on request. Placement hashes the identity, so an address can change without moving
+    /// data. Empty only in layouts written before identities existed.
+    #[serde(default)]
+    pub ids: Vec<String>,
+    /// The membership a migration in progress is moving to: while it is set, writers place blobs on the
+    /// owners under both memberships, so nothing written during the copy is missed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<Membership>,
+}
+
+/// A set of ring members: addresses and identities, in parallel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membership {
+    /// Storage nodes as `host:port` or `https://host:port`.
+    pub nodes: Vec<String>,
+    /// Their identities, same order.
+    pub ids: Vec<String>,
 }
 
 /// A video uploaded through the web UI and transcoded to DASH.
@@ -38,6 +59,10 @@ pub struct VideoRecord {
     /// Why processing failed, when it did.
     #[serde(default)]
     pub error: Option<String>,
+    /// SHA-256 (hex) of every file in `files`, recorded when the upload committed; every read from the
+    /// ring is checked against it, so no storage node can alter what a viewer receives.
+    #[serde(default)]
+    pub digests: BTreeMap<String, String>,
 }
 
 impl VideoRecord {
@@ -67,6 +92,56 @@ pub struct FileRecord {
     pub upload_id: String,
     /// Creation time, milliseconds since the Unix epoch.
     pub created_unix_ms: u64,
+    /// SHA-256 (hex) of each chunk, recorded at commit; every chunk read back is checked against it.
+    #[serde(default)]
+    pub chunk_sha256: Vec<String>,
+}
+
+/// A live upload's claim on the ring blobs it is writing: the housekeeping sweep never removes a blob
+/// under one of `prefixes` (blob ids: `raw.{upload id}`, a video id) while the lease is live. The holder
+/// renews it while the upload runs; a holder that died stops renewing and the lease lapses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadLease {
+    /// The upload id; the key.
+    pub id: String,
+    /// Blob ids (the part of a blob key before `/`) this upload writes.
+    pub prefixes: Vec<String>,
+    /// Which broadcaster process holds it (for logs).
+    pub holder: String,
+    /// Until when the lease holds, milliseconds since the Unix epoch, by the holder's clock.
+    pub expires_unix_ms: u64,
+}
+
+/// A named lock's stored value (see [`crate::MetaStore::try_lock`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct LockRecord {
+    pub holder: String,
+    /// Milliseconds since the Unix epoch, by the clock of the process that took or renewed it.
+    pub expires_unix_ms: u64,
+}
+
+impl LockRecord {
+    pub(crate) fn new(holder: &str, now_unix_ms: u64, ttl: Duration) -> Self {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        LockRecord {
+            holder: holder.to_string(),
+            expires_unix_ms: now_unix_ms.saturating_add(ttl_ms),
+        }
+    }
+
+    /// Whether this lock keeps `holder` out at `now_unix_ms`: held by someone else and not lapsed.
+    pub(crate) fn bars(&self, holder: &str, now_unix_ms: u64) -> bool {
+        self.holder != holder && self.expires_unix_ms > now_unix_ms
+    }
+}
+
+/// This process's wall clock in milliseconds since the Unix epoch; a clock set before 1970 reads
+/// as 0, which only makes every stored lock look live until it is corrected.
+pub(crate) fn unix_ms_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 /// Newest first, then by id, so the order is total and stable across backends.
@@ -81,6 +156,11 @@ pub(crate) fn sort_videos(videos: &mut [VideoRecord]) {
 /// By name.
 pub(crate) fn sort_files(files: &mut [FileRecord]) {
     files.sort_by(|a, b| a.name.cmp(&b.name));
+}
+
+/// By id.
+pub(crate) fn sort_leases(leases: &mut [UploadLease]) {
+    leases.sort_by(|a, b| a.id.cmp(&b.id));
 }
 
 pub(crate) fn to_json<T: Serialize>(value: &T) -> Vec<u8> {

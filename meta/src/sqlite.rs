@@ -13,8 +13,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 
-use crate::record::{from_json, previous_file, sort_files, sort_videos, to_json};
-use crate::{FileRecord, MetaError, MetaStore, RingLayout, VideoRecord};
+use crate::record::{
+    from_json, previous_file, sort_files, sort_leases, sort_videos, to_json, unix_ms_now,
+    LockRecord,
+};
+use crate::{FileRecord, MetaError, MetaStore, RingLayout, UploadLease, VideoRecord};
 
 /// The schema this code reads and writes; stored in `schema_version` so a future version can
 /// migrate, and an older binary refuses a newer file instead of misreading it.
@@ -33,6 +36,10 @@ CREATE TABLE IF NOT EXISTS layout (
 );
 CREATE TABLE IF NOT EXISTS videos (id TEXT PRIMARY KEY NOT NULL, json TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS files (name TEXT PRIMARY KEY NOT NULL, json TEXT NOT NULL);
+-- Added after version 1 shipped; IF NOT EXISTS creates them in older files when they are opened,
+-- and older binaries never look at them, so the version stays 1.
+CREATE TABLE IF NOT EXISTS leases (id TEXT PRIMARY KEY NOT NULL, json TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS locks (name TEXT PRIMARY KEY NOT NULL, json TEXT NOT NULL);
 ";
 
 /// [`MetaStore`] on an SQLite file.
@@ -372,6 +379,97 @@ impl MetaStore for SqliteStore {
                 .optional()
                 .map_err(sql)?;
             Ok(old.and_then(|j| previous_file(&name, j.as_bytes())))
+        })
+        .await
+    }
+
+    async fn put_lease(&self, lease: &UploadLease) -> Result<(), MetaError> {
+        let (id, json) = (lease.id.clone(), text(to_json(lease)));
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO leases (id, json) VALUES (?1, ?2)
+                 ON CONFLICT (id) DO UPDATE SET json = excluded.json",
+                params![id, json],
+            )
+            .map_err(sql)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_lease(&self, id: &str) -> Result<(), MetaError> {
+        let id = id.to_string();
+        self.call(move |c| {
+            c.execute("DELETE FROM leases WHERE id = ?1", [&id])
+                .map_err(sql)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_leases(&self) -> Result<Vec<UploadLease>, MetaError> {
+        self.call(|c| {
+            let mut stmt = c.prepare("SELECT id, json FROM leases").map_err(sql)?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+                .map_err(sql)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, json) = row.map_err(sql)?;
+                out.push(from_json("lease", &id, json.as_bytes())?);
+            }
+            sort_leases(&mut out);
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn try_lock(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, MetaError> {
+        let (name, holder) = (name.to_string(), holder.to_string());
+        self.call(move |c| {
+            // IMMEDIATE takes the write lock before the read, so no other process can take the
+            // lock between our seeing it free and writing it: read-decide-write is one step.
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql)?;
+            // Read the clock only once the write lock is ours: waiting for it must not count
+            // against the holder we might find.
+            let now = unix_ms_now();
+            let current: Option<String> = tx
+                .query_row("SELECT json FROM locks WHERE name = ?1", [&name], |r| {
+                    r.get(0)
+                })
+                .optional()
+                .map_err(sql)?;
+            if let Some(json) = current {
+                let held: LockRecord = from_json("lock", &name, json.as_bytes())?;
+                if held.bars(&holder, now) {
+                    return Ok(false);
+                }
+            }
+            let json = text(to_json(&LockRecord::new(&holder, now, ttl)));
+            tx.execute(
+                "INSERT INTO locks (name, json) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET json = excluded.json",
+                params![name, json],
+            )
+            .map_err(sql)?;
+            tx.commit().map_err(sql)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn unlock(&self, name: &str, holder: &str) -> Result<(), MetaError> {
+        let (name, holder) = (name.to_string(), holder.to_string());
+        self.call(move |c| {
+            // The holder check inside the DELETE makes check-and-release one atomic statement.
+            c.execute(
+                "DELETE FROM locks WHERE name = ?1 AND json_extract(json, '$.holder') = ?2",
+                params![name, holder],
+            )
+            .map_err(sql)?;
+            Ok(())
         })
         .await
     }

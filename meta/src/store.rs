@@ -2,7 +2,9 @@
 
 use async_trait::async_trait;
 
-use crate::{FileRecord, MetaError, RingLayout, VideoRecord};
+use std::time::Duration;
+
+use crate::{FileRecord, MetaError, RingLayout, UploadLease, VideoRecord};
 
 /// The broadcaster's metadata: the ring layout, videos and raw uploads on the ring.
 ///
@@ -52,6 +54,24 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug {
 
     /// Deletes the file record; returns it if it existed.
     async fn delete_file(&self, name: &str) -> Result<Option<FileRecord>, MetaError>;
+
+    /// Creates or renews (replaces) a live upload's lease.
+    async fn put_lease(&self, lease: &UploadLease) -> Result<(), MetaError>;
+
+    /// Removes a lease; absent is fine.
+    async fn delete_lease(&self, id: &str) -> Result<(), MetaError>;
+
+    /// Every stored lease, lapsed ones included (the caller compares `expires_unix_ms` with its clock).
+    async fn list_leases(&self) -> Result<Vec<UploadLease>, MetaError>;
+
+    /// Takes the named lock for `holder` until `ttl` from now when it is free, lapsed, or already held by
+    /// `holder` (then it is renewed). `Ok(true)` when `holder` holds it afterwards, `Ok(false)` when
+    /// another holder does. Atomic across processes sharing the store (compare-and-swap), so of several
+    /// broadcasters racing for it exactly one wins.
+    async fn try_lock(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, MetaError>;
+
+    /// Releases the named lock if `holder` holds it; otherwise does nothing.
+    async fn unlock(&self, name: &str, holder: &str) -> Result<(), MetaError>;
 
     /// Whether the store answers now (for etcd: a quorum read succeeds).
     async fn health(&self) -> Result<(), MetaError>;

@@ -100,6 +100,7 @@ impl DiskStore {
             sha256: None,
             xxh3: Some(common::protocol::xxh3_hex(staged.xxh3)),
             video: None,
+            chunk_sha256: Vec::new(),
         };
         let mut pending = self.pending();
         if pending.contains_key(id) {

@@ -81,6 +81,9 @@ async fn open_video_sink(
         chunk_size: 4 << 20,
         connect_timeout: Duration::from_secs(3),
         request_timeout: Duration::from_secs(30),
+        // The reader only writes blobs; it never checks a node's identity or takes leases.
+        secret: None,
+        lease_ttl: Duration::from_secs(60),
     };
     let cluster = ring_client::Cluster::open(meta, &settings)
         .await

@@ -183,7 +183,7 @@ impl VideoSink {
         let _permit = permit?;
         metrics::gauge!("distributary_transcodes_active").increment(1.0);
         let started = Instant::now();
-        let written: Arc<Mutex<Vec<String>>> = Arc::default();
+        let written: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
         let result = self
             .run_ladder(video_id, input, work_dir, &probe, &ladder, &written, cancel)
             .await;
@@ -193,7 +193,8 @@ impl VideoSink {
             .record(started.elapsed().as_secs_f64());
         match result {
             Ok(()) => {
-                let files = written.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let written = written.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let files = written.iter().map(|(f, _)| f.clone()).collect();
                 Ok(VideoReport {
                     id: video_id.to_owned(),
                     duration_ms: probe.duration_ms,
@@ -201,10 +202,16 @@ impl VideoSink {
                     height: probe.height,
                     renditions: ladder.len(),
                     files,
+                    digests: written.into_iter().collect(),
                 })
             }
             Err(e) => {
-                let files = written.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let files: Vec<String> = written
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .map(|(f, _)| f.clone())
+                    .collect();
                 self.delete_files(video_id, &files).await;
                 Err(e)
             }
@@ -219,7 +226,7 @@ impl VideoSink {
         work_dir: &Path,
         probe: &dash::Probe,
         ladder: &[dash::Rendition],
-        written: &Arc<Mutex<Vec<String>>>,
+        written: &Arc<Mutex<Vec<(String, String)>>>,
         cancel: CancellationToken,
     ) -> Result<(), ReaderError> {
         let (tx, rx) = tokio::sync::mpsc::channel::<PathBuf>(64);
@@ -279,7 +286,7 @@ impl VideoSink {
         &self,
         video_id: &str,
         path: PathBuf,
-        written: &Arc<Mutex<Vec<String>>>,
+        written: &Arc<Mutex<Vec<(String, String)>>>,
     ) -> Result<(), ReaderError> {
         let file = path
             .file_name()
@@ -288,11 +295,15 @@ impl VideoSink {
             .to_owned();
         let data = Bytes::from(tokio::fs::read(&path).await?);
         let key = BlobKey::new(video_id, file.clone());
-        self.cluster
+        let placed = self
+            .cluster
             .put_blob(&key, data)
             .await
             .map_err(|e| ReaderError::Ring(format!("{key}: {e}")))?;
-        written.lock().unwrap_or_else(|e| e.into_inner()).push(file);
+        written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((file, placed.sha256));
         Ok(())
     }
 

@@ -46,14 +46,27 @@ impl Cluster {
         let mut total = 0u64;
         let mut index = 0u64;
         let mut in_flight = FuturesUnordered::new();
+        // Each chunk's digest, recorded at commit so every read can be checked against it.
+        let mut digests: Vec<String> = Vec::new();
+        let mut note = |placed: (u64, crate::Placed)| {
+            let (i, p) = placed;
+            let i = i as usize;
+            if digests.len() <= i {
+                digests.resize(i + 1, String::new());
+            }
+            digests[i] = p.sha256;
+        };
         futures_util::pin_mut!(chunks);
         let put = |data: Bytes, index: u64| {
             let me = self.clone();
             let key = chunk_key(&upload_id, index);
             async move {
-                me.put_blob(&key, data).await.inspect_err(|e| {
-                    tracing::warn!(%key, chunk = index, error = %e, "chunk write failed");
-                })
+                me.put_blob(&key, data)
+                    .await
+                    .map(|p| (index, p))
+                    .inspect_err(|e| {
+                        tracing::warn!(%key, chunk = index, error = %e, "chunk write failed");
+                    })
             }
         };
         while let Some(piece) = chunks.next().await {
@@ -72,7 +85,7 @@ impl Cluster {
                     index += 1;
                     while in_flight.len() >= CHUNKS_IN_FLIGHT {
                         if let Some(r) = in_flight.next().await {
-                            r?;
+                            note(r?);
                         }
                     }
                 }
@@ -82,13 +95,14 @@ impl Cluster {
             in_flight.push(put(buf.freeze(), index));
         }
         while let Some(r) = in_flight.next().await {
-            r?;
+            note(r?);
         }
         Ok(StagedReport {
             bytes: total,
             sha256: None,
             xxh3: Some(common::protocol::xxh3_hex(hasher.digest128())),
             video: None,
+            chunk_sha256: digests,
         })
     }
 
@@ -100,8 +114,18 @@ impl Cluster {
         upload_id: &str,
         size: u64,
         sha256: &str,
+        chunk_sha256: Vec<String>,
     ) -> Result<(), RingError> {
         let chunk_size = self.chunk_size as u64;
+        if chunk_sha256.len() as u64 != size.div_ceil(chunk_size)
+            || chunk_sha256.iter().any(String::is_empty)
+        {
+            return Err(RingError::Aborted(format!(
+                "{} chunk digests for {} chunks",
+                chunk_sha256.len(),
+                size.div_ceil(chunk_size)
+            )));
+        }
         let record = FileRecord {
             name: name.to_owned(),
             size,
@@ -110,6 +134,7 @@ impl Cluster {
             chunks: size.div_ceil(chunk_size),
             upload_id: upload_id.to_owned(),
             created_unix_ms: now_ms(),
+            chunk_sha256,
         };
         if let Some(old) = self.meta.put_file(&record).await? {
             if old.upload_id != upload_id {
@@ -129,32 +154,41 @@ impl Cluster {
             .await;
     }
 
-    /// Streams bytes `start..=end` of a raw upload, chunk by chunk, each from the first replica that answers.
-    pub fn read_file(
+    /// Streams bytes `start..=end` of a raw upload. Every chunk is read whole and checked against the
+    /// digest recorded at commit before any of its bytes are sent; a replica that fails the check is
+    /// skipped. The first chunk is fetched before this returns, so a caller answers its status only once
+    /// it knows the read can start.
+    pub async fn open_file(
         self: Arc<Self>,
         record: FileRecord,
         start: u64,
         end: u64,
-    ) -> impl Stream<Item = Result<Bytes, RingError>> {
+    ) -> Result<impl Stream<Item = Result<Bytes, RingError>>, RingError> {
         let cs = record.chunk_size.max(1);
         let first = start / cs;
         let last = end / cs;
-        futures_util::stream::iter(first..=last)
-            .map(move |i| {
-                let me = self.clone();
-                let upload_id = record.upload_id.clone();
-                async move {
-                    let chunk_start = i * cs;
-                    let a = start.max(chunk_start) - chunk_start;
-                    let b = end.min(chunk_start + cs - 1) - chunk_start;
-                    let whole = a == 0 && b == cs - 1;
-                    let range = (!whole).then_some((a, b));
-                    me.get_blob(&chunk_key(&upload_id, i), range)
-                        .await
-                        .map(|f| f.data)
-                }
-            })
+        let record = Arc::new(record);
+        let piece = move |me: Arc<Self>, record: Arc<FileRecord>, i: u64| async move {
+            let expected = record.chunk_sha256.get(i as usize).map(String::as_str);
+            let data = me
+                .get_verified(&chunk_key(&record.upload_id, i), expected)
+                .await?;
+            let chunk_start = i * cs;
+            let a = (start.max(chunk_start) - chunk_start) as usize;
+            let b = (end.min(chunk_start + cs - 1) - chunk_start) as usize;
+            if b >= data.len() || a > b {
+                return Err(RingError::NoReplica(format!(
+                    "chunk {i} of {} is shorter than its record says",
+                    record.name
+                )));
+            }
+            Ok(data.slice(a..=b))
+        };
+        let head = piece(self.clone(), record.clone(), first).await?;
+        let rest = futures_util::stream::iter(first + 1..=last)
+            .map(move |i| piece(self.clone(), record.clone(), i))
             // One chunk ahead, so the next replica round trip overlaps sending this one.
-            .buffered(2)
+            .buffered(2);
+        Ok(futures_util::stream::once(async move { Ok(head) }).chain(rest))
     }
 }

@@ -64,13 +64,26 @@ pub struct BlobInfo {
     pub key: String,
     /// Payload length.
     pub bytes: u64,
-    /// SHA-256 of the payload, hex.
+    /// SHA-256 of the payload, hex, as the node claims it (checked against recorded digests by callers).
     pub sha256: String,
+    /// Seconds since the node last wrote it, by the node's clock.
+    #[serde(default)]
+    pub age_secs: u64,
 }
 
 #[derive(Debug, Deserialize)]
 struct BlobList {
     blobs: Vec<BlobInfo>,
+}
+
+/// A node's answer to an identity challenge.
+#[derive(Debug, Clone, Deserialize)]
+pub struct IdentityAnswer {
+    /// The node's persistent id.
+    pub node_id: String,
+    /// HMAC of the nonce and id under the cluster secret, hex (empty when the node has no secret).
+    #[serde(default)]
+    pub proof: String,
 }
 
 /// Why a node request failed.
@@ -86,7 +99,24 @@ pub enum NodeError {
     },
     #[error("node {node} has no blob {key}")]
     NotFound { node: String, key: String },
+    #[error("node {node} sent a reply over the {limit}-byte limit")]
+    TooLarge { node: String, limit: u64 },
+    #[error("node {node} sent a malformed reply: {detail}")]
+    BadReply { node: String, detail: String },
 }
+
+/// Largest blob read back from a node: DASH segments and ring chunks are a few MiB; anything bigger is a
+/// misbehaving peer, refused before it is buffered.
+pub const MAX_BLOB_READ: u64 = 64 << 20;
+
+/// Largest listing read from a node (about 400,000 blobs).
+pub const MAX_LISTING_READ: u64 = 64 << 20;
+
+/// Largest identity answer or error body read from a node.
+const MAX_SMALL_READ: u64 = 4096;
+
+/// Header of a conditional delete (see the storage node's routes).
+pub const MIN_AGE_HEADER: &str = "x-if-older-than-secs";
 
 /// Talks to storage nodes; one pooled client for all of them.
 #[derive(Debug, Clone)]
@@ -99,25 +129,32 @@ pub struct NodeClient {
 pub struct Fetched {
     /// The payload bytes asked for.
     pub data: Bytes,
-    /// SHA-256 of the whole blob as the node stored it.
+    /// SHA-256 of the whole blob as the node claims it stored it.
     pub sha256: Option<String>,
 }
 
 impl NodeClient {
-    /// Builds the client; `timeout` bounds each request (blobs are a few MiB at most).
+    /// Builds the client; `timeout` bounds each request (blobs are a few MiB at most). Redirects are never
+    /// followed: a node answering 3xx must not turn the broadcaster into a fetcher of other URLs.
     pub fn new(connect_timeout: Duration, timeout: Duration) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .connect_timeout(connect_timeout)
             .timeout(timeout)
             .tcp_nodelay(true)
             .http1_only()
+            .redirect(reqwest::redirect::Policy::none())
             .pool_max_idle_per_host(64)
             .build()?;
         Ok(Self { http })
     }
 
+    /// `node` is `host:port` (plain HTTP) or an `http(s)://host:port` URL.
     fn url(node: &str, path: &str) -> String {
-        format!("http://{node}{path}")
+        if node.starts_with("https://") || node.starts_with("http://") {
+            format!("{}{path}", node.trim_end_matches('/'))
+        } else {
+            format!("http://{node}{path}")
+        }
     }
 
     /// Stores a blob on `node`; the node checks `sha256` and refuses a copy that differs.
@@ -157,42 +194,87 @@ impl NodeClient {
             .get("x-content-sha256")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let data = resp.bytes().await.map_err(|e| unreachable(node, &e))?;
+        let data = read_limited(node, resp, MAX_BLOB_READ).await?;
         Ok(Fetched { data, sha256 })
     }
 
     /// Deletes a blob; absent is fine.
     pub async fn delete(&self, node: &str, key: &BlobKey) -> Result<(), NodeError> {
-        let resp = self
-            .http
-            .delete(Self::url(node, &key.path()))
-            .send()
-            .await
-            .map_err(|e| unreachable(node, &e))?;
+        self.delete_if_older(node, key, None).await.map(|_| ())
+    }
+
+    /// Deletes a blob only if the node last wrote it at least `min_age` ago. `Ok(false)` when the node
+    /// kept it because it is younger (written again since it was listed); absent is `Ok(true)`.
+    pub async fn delete_if_older(
+        &self,
+        node: &str,
+        key: &BlobKey,
+        min_age: Option<Duration>,
+    ) -> Result<bool, NodeError> {
+        let mut req = self.http.delete(Self::url(node, &key.path()));
+        if let Some(age) = min_age {
+            req = req.header(MIN_AGE_HEADER, age.as_secs().to_string());
+        }
+        let resp = req.send().await.map_err(|e| unreachable(node, &e))?;
         match check(node, key, resp).await {
-            Ok(_) | Err(NodeError::NotFound { .. }) => Ok(()),
+            Ok(_) | Err(NodeError::NotFound { .. }) => Ok(true),
+            Err(NodeError::Status { status: 412, .. }) => Ok(false),
             Err(e) => Err(e),
         }
     }
 
-    /// Lists every blob on `node`.
-    pub async fn list(&self, node: &str) -> Result<Vec<BlobInfo>, NodeError> {
+    /// Lists every blob on `node`; with `verify` the node hashes every payload first and leaves damaged
+    /// blobs out (a scrub).
+    pub async fn list(&self, node: &str, verify: bool) -> Result<Vec<BlobInfo>, NodeError> {
+        let path = if verify {
+            "/v1/blobs?verify=1"
+        } else {
+            "/v1/blobs"
+        };
+        let mut req = self.http.get(Self::url(node, path));
+        if verify {
+            // A scrub reads the node's whole disk.
+            req = req.timeout(Duration::from_secs(3600));
+        }
+        let resp = req.send().await.map_err(|e| unreachable(node, &e))?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(status_error(node, resp).await);
+        }
+        let body = read_limited(node, resp, MAX_LISTING_READ).await?;
+        let list: BlobList = serde_json::from_slice(&body).map_err(|e| NodeError::BadReply {
+            node: node.to_owned(),
+            detail: e.to_string(),
+        })?;
+        Ok(list.blobs)
+    }
+
+    /// Asks `node` who it is, with a fresh `nonce` it must sign.
+    pub async fn identity(&self, node: &str, nonce: &str) -> Result<IdentityAnswer, NodeError> {
         let resp = self
             .http
-            .get(Self::url(node, "/v1/blobs"))
+            .get(Self::url(node, &format!("/v1/identity?nonce={nonce}")))
+            .timeout(Duration::from_secs(5))
             .send()
             .await
             .map_err(|e| unreachable(node, &e))?;
         let status = resp.status();
         if !status.is_success() {
-            return Err(NodeError::Status {
+            return Err(status_error(node, resp).await);
+        }
+        let body = read_limited(node, resp, MAX_SMALL_READ).await?;
+        let answer: IdentityAnswer =
+            serde_json::from_slice(&body).map_err(|_| NodeError::BadReply {
                 node: node.to_owned(),
-                status: status.as_u16(),
-                detail: resp.text().await.unwrap_or_default(),
+                detail: "not an identity answer".into(),
+            })?;
+        if !common::cluster::valid_token(&answer.node_id) {
+            return Err(NodeError::BadReply {
+                node: node.to_owned(),
+                detail: "malformed node id".into(),
             });
         }
-        let list: BlobList = resp.json().await.map_err(|e| unreachable(node, &e))?;
-        Ok(list.blobs)
+        Ok(answer)
     }
 
     /// Whether `node` answers its health check.
@@ -216,6 +298,29 @@ impl NodeClient {
     }
 }
 
+/// Reads a reply body, refusing one over `limit` bytes before buffering it.
+async fn read_limited(
+    node: &str,
+    mut resp: reqwest::Response,
+    limit: u64,
+) -> Result<Bytes, NodeError> {
+    let too_large = || NodeError::TooLarge {
+        node: node.to_owned(),
+        limit,
+    };
+    if resp.content_length().is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let mut buf = bytes::BytesMut::with_capacity(resp.content_length().unwrap_or(0) as usize);
+    while let Some(chunk) = resp.chunk().await.map_err(|e| unreachable(node, &e))? {
+        if buf.len() as u64 + chunk.len() as u64 > limit {
+            return Err(too_large());
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
 fn unreachable(node: &str, e: &reqwest::Error) -> NodeError {
     use std::error::Error;
     let mut detail = e.to_string();
@@ -227,6 +332,23 @@ fn unreachable(node: &str, e: &reqwest::Error) -> NodeError {
     }
     NodeError::Unreachable {
         node: node.to_owned(),
+        detail,
+    }
+}
+
+/// A non-2xx answer. Only a node's own JSON error message is kept, shortened: a peer's arbitrary body is
+/// never passed on to clients.
+async fn status_error(node: &str, resp: reqwest::Response) -> NodeError {
+    let status = resp.status().as_u16();
+    let body = read_limited(node, resp, MAX_SMALL_READ)
+        .await
+        .unwrap_or_default();
+    let detail = serde_json::from_slice::<common::protocol::ErrorBody>(&body)
+        .map(|e| e.error.chars().take(200).collect::<String>())
+        .unwrap_or_else(|_| "no error message".into());
+    NodeError::Status {
+        node: node.to_owned(),
+        status,
         detail,
     }
 }
@@ -246,9 +368,5 @@ async fn check(
             key: key.to_string(),
         });
     }
-    Err(NodeError::Status {
-        node: node.to_owned(),
-        status: status.as_u16(),
-        detail: resp.text().await.unwrap_or_default(),
-    })
+    Err(status_error(node, resp).await)
 }

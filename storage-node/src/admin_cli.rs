@@ -1,4 +1,4 @@
-//! The command line: `storage-node` serves; `storage-node admin list|add|remove` administers the ring
+//! The command line: `storage-node` serves; `storage-node admin list|add|remove|repair` administers the ring
 //! through a broadcaster's admin API.
 //!
 //! | command | request | printed on success |
@@ -6,6 +6,7 @@
 //! | `admin list B` | `GET http://B/admin/nodes` | `Storage cluster nodes:` then `  - host:port` per node |
 //! | `admin add B N` | `POST http://B/admin/nodes` `{"node":N}` | `Successfully added node: N`, `Number of files migrated: M` |
 //! | `admin remove B N` | `DELETE http://B/admin/nodes/N` | `Successfully removed node: N`, `Number of files migrated: M` |
+//! | `admin repair B` | `POST http://B/admin/repair` | `Repair checked N blobs`, `Number of copies made: M`, ... |
 //!
 //! `add` and `remove` answer only once migration is done, which can take long, so requests have no overall
 //! timeout (only a connect timeout). A non-2xx answer carries `{"error": "..."}`, shown as is.
@@ -74,6 +75,12 @@ pub enum AdminCommand {
         #[arg(value_parser = parse_node)]
         node: String,
     },
+    /// Bring every blob back to R verified copies on its owners; prints how many copies were made.
+    Repair {
+        /// The broadcaster, host:port.
+        #[arg(value_parser = parse_broadcaster)]
+        broadcaster: String,
+    },
 }
 
 fn parse_node(s: &str) -> Result<String, String> {
@@ -115,6 +122,39 @@ pub struct ChangeAnswer {
     pub node: String,
     /// Blobs copied to their new owners.
     pub migrated: u64,
+}
+
+/// `POST /admin/repair` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairAnswer {
+    /// Recorded blobs checked.
+    pub checked: u64,
+    /// Copies written to owners that lacked a good one.
+    pub copies_made: u64,
+    /// Copies removed from nodes that do not own them, once every owner held a good copy.
+    #[serde(default)]
+    pub surplus_removed: u64,
+    /// Blobs with no good copy anywhere.
+    #[serde(default)]
+    pub unrecoverable: Vec<String>,
+}
+
+/// What `repair` prints.
+pub fn format_repair(answer: &RepairAnswer) -> String {
+    let mut out = format!(
+        "Repair checked {} blobs\nNumber of copies made: {}\nSurplus copies removed: {}\n",
+        answer.checked, answer.copies_made, answer.surplus_removed
+    );
+    if !answer.unrecoverable.is_empty() {
+        out.push_str(&format!(
+            "Blobs with no good copy left: {}\n",
+            answer.unrecoverable.len()
+        ));
+        for k in &answer.unrecoverable {
+            out.push_str(&format!("  - {k}\n"));
+        }
+    }
+    out
 }
 
 /// What `list` prints.
@@ -160,6 +200,17 @@ pub async fn run(cmd: &AdminCommand) -> Result<String, AdminError> {
             );
             let answer: ChangeAnswer = call(broadcaster, client.delete(url)).await?;
             Ok(format_change(&answer, false))
+        }
+        AdminCommand::Repair { broadcaster } => {
+            let url = format!("http://{broadcaster}/admin/repair");
+            let answer: RepairAnswer = call(broadcaster, client.post(url)).await?;
+            if !answer.unrecoverable.is_empty() {
+                return Err(AdminError::Refused {
+                    status: 500,
+                    message: format_repair(&answer),
+                });
+            }
+            Ok(format_repair(&answer))
         }
     }
 }

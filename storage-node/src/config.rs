@@ -35,6 +35,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Lifetime of a staged stream-protocol upload that was neither committed nor aborted.
     pub staging_ttl: Duration,
+    /// The cluster secret (`DISTRIBUTARY_CLUSTER_SECRET_FILE`): the node proves its identity with it.
+    pub cluster_secret: Option<common::cluster::ClusterSecret>,
 }
 
 /// Every variable this service reads; any other `STORAGE_NODE_*` variable stops it at start (a typo must not
@@ -68,7 +70,11 @@ impl Config {
 
     /// Reads configuration from `(name, value)` pairs, as if they were the environment.
     pub fn from_vars<I: IntoIterator<Item = (String, String)>>(vars: I) -> Result<Self, EnvError> {
-        Self::try_from(env::load::<RawConfig>("STORAGE_NODE_", VARS, vars)?)
+        let vars: Vec<(String, String)> = vars.into_iter().collect();
+        let secret = common::cluster::ClusterSecret::from_vars(&vars)?;
+        let mut config = Self::try_from(env::load::<RawConfig>("STORAGE_NODE_", VARS, vars)?)?;
+        config.cluster_secret = secret;
+        Ok(config)
     }
 }
 
@@ -130,6 +136,7 @@ impl TryFrom<RawConfig> for Config {
                 1,
                 u64::MAX / 2,
             )?),
+            cluster_secret: None,
         })
     }
 }

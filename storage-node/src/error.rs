@@ -27,6 +27,9 @@ pub enum StoreError {
     Body(String),
     #[error("no blob {0}")]
     NotFound(String),
+    /// A conditional delete found the blob written more recently than the caller allowed.
+    #[error("blob {0} was written again since it was listed; kept")]
+    TooYoung(String),
     #[error("upload id {0} is already in use")]
     UploadIdTaken(String),
     #[error("no staged upload with id {0}")]
@@ -48,6 +51,7 @@ impl StoreError {
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NotFound(_) | Self::UnknownUpload(_) => StatusCode::NOT_FOUND,
             Self::UploadIdTaken(_) => StatusCode::CONFLICT,
+            Self::TooYoung(_) => StatusCode::PRECONDITION_FAILED,
             Self::Corrupt { .. } | Self::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -13,16 +13,19 @@
 //! - [`store`]: the blob store: on-disk format ([`store::format`]), staging writer and publishing
 //!   ([`store::writer`]), put / verified open / delete / list, staged stream-protocol uploads.
 //! - [`serve`]: answering `GET`/`HEAD` for a verified blob (Range, ETag).
-//! - [`routes`]: the HTTP surface (`/v1/blobs`, `/v1/uploads`, `/healthz`).
+//! - [`identity`]: the node's persistent id and the proof of it a broadcaster checks before adding it.
+//! - [`routes`]: the HTTP surface (`/v1/identity`, `/v1/blobs`, `/v1/uploads`, `/healthz`).
 //! - [`admin_cli`]: the command line, including `storage-node admin list|add|remove`.
 //!
-//! On disk, under `STORAGE_NODE_DATA_DIR`: `blobs/{id}/{file}` (published) and `staging/` (emptied at start).
+//! On disk, under `STORAGE_NODE_DATA_DIR`: `node-id` (the identity), `blobs/{id}/{file}` (published) and
+//! `staging/` (emptied at start).
 //!
 //! [`run`] serves a bound listener until a cancellation token fires; `main.rs` and the tests both call it.
 
 pub mod admin_cli;
 pub mod config;
 pub mod error;
+pub mod identity;
 pub mod routes;
 pub mod serve;
 pub mod store;
@@ -43,8 +46,13 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), StoreError> {
     let store = Arc::new(BlobStore::open(&config)?);
+    let identity = Arc::new(identity::Identity::load_or_create(
+        &config.data_dir,
+        config.cluster_secret.clone(),
+    )?);
+    tracing::info!(node_id = %identity.id(), "node identity");
     store.clone().spawn_sweeper(shutdown.clone());
-    let app = routes::app(store);
+    let app = routes::app(store, identity);
     common::server::serve(listener, app, shutdown, config.shutdown_grace)
         .await
         .map_err(StoreError::Io)

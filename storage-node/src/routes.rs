@@ -13,13 +13,22 @@ use common::protocol::ErrorBody;
 use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
+use crate::identity::Identity;
 use crate::serve::blob_response;
 use crate::store::{BlobInfo, BlobKey, BlobStore};
 
+/// Header of a conditional `DELETE`: remove the blob only if it was last written at least this many
+/// seconds ago (by this node's clock).
+pub const MIN_AGE_HEADER: &str = "x-if-older-than-secs";
+
 /// Builds the router.
-pub fn app(store: Arc<BlobStore>) -> Router {
+pub fn app(store: Arc<BlobStore>, identity: Arc<Identity>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/v1/identity",
+            get(move |q: Query<IdentityQuery>| identify(identity.clone(), q)),
+        )
         .route("/v1/blobs", get(list))
         // A catch-all rather than `{id}/{file}` so that malformed keys (an empty or a third segment) get a
         // 400 that says what is wrong instead of a bare 404.
@@ -88,12 +97,47 @@ async fn get_blob(
     blob_response(blob?, &method, &headers).await
 }
 
+#[derive(Debug, Deserialize)]
+struct IdentityQuery {
+    nonce: Option<String>,
+}
+
+/// `GET /v1/identity?nonce=...`: the node's id and its proof for the caller's nonce.
+async fn identify(identity: Arc<Identity>, Query(q): Query<IdentityQuery>) -> Response {
+    let nonce = q.nonce.unwrap_or_default();
+    if !common::cluster::valid_token(&nonce) {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(ErrorBody {
+                error: format!(
+                    "nonce must be 1 to {} letters, digits or '-'",
+                    common::cluster::MAX_NONCE_LEN
+                ),
+            }),
+        )
+            .into_response();
+    }
+    Json(identity.prove(&nonce)).into_response()
+}
+
 async fn delete_blob(
     State(store): State<Arc<BlobStore>>,
     Path(key): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Response, StoreError> {
     let key = BlobKey::parse(&key)?;
-    store.delete(&key).await?;
+    let min_age = match headers.get(MIN_AGE_HEADER) {
+        None => None,
+        Some(v) => Some(std::time::Duration::from_secs(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    StoreError::BadKey(format!("{MIN_AGE_HEADER} must be a number of seconds"))
+                })?,
+        )),
+    };
+    store.delete_if_older(&key, min_age).await?;
     tracing::debug!(%key, "deleted");
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -101,6 +145,8 @@ async fn delete_blob(
 #[derive(Debug, Deserialize)]
 struct ListQuery {
     prefix: Option<String>,
+    /// `1`: hash every payload before listing it (a scrub); damaged blobs are left out.
+    verify: Option<u8>,
 }
 
 /// `GET /v1/blobs` answer.
@@ -114,7 +160,9 @@ async fn list(
     State(store): State<Arc<BlobStore>>,
     Query(q): Query<ListQuery>,
 ) -> Result<Response, StoreError> {
-    let blobs = store.list(q.prefix.as_deref().unwrap_or("")).await?;
+    let blobs = store
+        .list_checked(q.prefix.as_deref().unwrap_or(""), q.verify == Some(1))
+        .await?;
     Ok(Json(Listing { blobs }).into_response())
 }
 

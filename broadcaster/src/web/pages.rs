@@ -274,6 +274,7 @@ mod tests {
             duration_ms: Some(65_432),
             files: vec!["manifest.mpd".into()],
             error: None,
+            digests: Default::default(),
         }
     }
 

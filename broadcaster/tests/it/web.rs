@@ -60,6 +60,7 @@ fn video(id: &str, status: &str, created_unix_ms: u64) -> VideoRecord {
         duration_ms: Some(10_000),
         files: vec!["manifest.mpd".into()],
         error: None,
+        digests: Default::default(),
     }
 }
 
@@ -410,6 +411,8 @@ async fn chromium_plays_a_published_video_from_the_watch_page() {
             chunk_size: 4 << 20,
             connect_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_secs(30),
+            secret: None,
+            lease_ttl: Duration::from_secs(60),
         };
         let cluster = broadcaster::ring::Cluster::open(store.clone(), &settings)
             .await

@@ -2,8 +2,9 @@
 //! for SQLite and etcd alike.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use meta::{FileRecord, MetaError, MetaStore, RingLayout, SqliteStore, VideoRecord};
+use meta::{FileRecord, MetaError, MetaStore, RingLayout, SqliteStore, UploadLease, VideoRecord};
 
 use crate::etcd_cluster::{fast_options, EtcdCluster};
 
@@ -13,6 +14,8 @@ pub fn layout(version: u64, nodes: &[&str]) -> RingLayout {
         nodes: nodes.iter().map(|n| n.to_string()).collect(),
         vnodes: 64,
         replication: 2,
+        ids: vec![],
+        next: None,
     }
 }
 
@@ -24,6 +27,7 @@ pub fn video(id: &str, created_unix_ms: u64) -> VideoRecord {
         duration_ms: None,
         files: vec![],
         error: None,
+        digests: Default::default(),
     }
 }
 
@@ -36,6 +40,7 @@ pub fn file(name: &str, upload_id: &str) -> FileRecord {
         chunks: 4,
         upload_id: upload_id.into(),
         created_unix_ms: 1_700_000_000_000,
+        chunk_sha256: vec![],
     }
 }
 
@@ -227,14 +232,133 @@ async fn files(store: &Arc<dyn MetaStore>) {
         .expect("re-create after delete");
 }
 
+pub fn lease(id: &str, expires_unix_ms: u64) -> UploadLease {
+    UploadLease {
+        id: id.into(),
+        prefixes: vec![format!("raw.{id}")],
+        holder: "broadcaster-1".into(),
+        expires_unix_ms,
+    }
+}
+
+async fn leases(store: &Arc<dyn MetaStore>) {
+    assert_eq!(store.list_leases().await.expect("list"), vec![]);
+    store.put_lease(&lease("u2", 2_000)).await.expect("put u2");
+    store.put_lease(&lease("u1", 1_000)).await.expect("put u1");
+    assert_eq!(
+        store.list_leases().await.expect("list"),
+        vec![lease("u1", 1_000), lease("u2", 2_000)],
+        "sorted by id"
+    );
+
+    // Renewal replaces the whole lease, later expiry and any new prefixes included.
+    let mut renewed = lease("u1", 5_000);
+    renewed.prefixes.push("video-u1".into());
+    store.put_lease(&renewed).await.expect("renew u1");
+    assert_eq!(
+        store.list_leases().await.expect("list"),
+        vec![renewed, lease("u2", 2_000)]
+    );
+
+    store.delete_lease("u1").await.expect("delete u1");
+    store.delete_lease("u1").await.expect("delete u1 again");
+    store.delete_lease("never").await.expect("delete absent");
+    assert_eq!(
+        store.list_leases().await.expect("list"),
+        vec![lease("u2", 2_000)]
+    );
+}
+
+/// Long enough that a lock taken with it cannot lapse during a test, however loaded the machine.
+const LIVE: Duration = Duration::from_secs(60);
+/// Short enough to sleep past.
+const SHORT: Duration = Duration::from_millis(300);
+
+async fn locks(store: &Arc<dyn MetaStore>) {
+    assert!(store.try_lock("gc", "a", LIVE).await.expect("a takes"));
+    assert!(
+        store.try_lock("gc", "a", LIVE).await.expect("a again"),
+        "the holder re-takes its own lock"
+    );
+    assert!(
+        !store.try_lock("gc", "b", LIVE).await.expect("b tries"),
+        "refused while another holder's lock is live"
+    );
+    // Independent names do not share a lock.
+    assert!(store.try_lock("other", "b", LIVE).await.expect("other"));
+
+    // Renewing replaces the expiry: shortened to SHORT, it lapses although LIVE has not passed.
+    assert!(store.try_lock("gc", "a", SHORT).await.expect("a renews"));
+    tokio::time::sleep(SHORT + Duration::from_millis(200)).await;
+    assert!(
+        store.try_lock("gc", "b", LIVE).await.expect("b takes over"),
+        "a lapsed lock is taken over"
+    );
+    assert!(!store.try_lock("gc", "a", LIVE).await.expect("a tries"));
+
+    store.unlock("gc", "a").await.expect("unlock by non-holder");
+    assert!(
+        !store.try_lock("gc", "a", LIVE).await.expect("a tries"),
+        "unlock by a non-holder does nothing"
+    );
+    store.unlock("gc", "b").await.expect("unlock by holder");
+    assert!(
+        store.try_lock("gc", "a", LIVE).await.expect("a takes"),
+        "unlock by the holder frees it"
+    );
+    store.unlock("gc", "a").await.expect("unlock");
+    store.unlock("gc", "a").await.expect("unlock a free lock");
+    store
+        .unlock("never", "a")
+        .await
+        .expect("unlock an absent lock");
+}
+
+/// Eight broadcasters, spread over `stores` (handles on one store), race for one free lock: exactly
+/// one gets it, and it stays theirs.
+pub async fn lock_race(stores: &[Arc<dyn MetaStore>], name: &str) -> String {
+    let racers: Vec<_> = (0..8)
+        .map(|i| {
+            let store = stores[i % stores.len()].clone();
+            let name = name.to_string();
+            tokio::spawn(async move {
+                let holder = format!("racer{i}");
+                let won = store.try_lock(&name, &holder, LIVE).await;
+                (won, holder)
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for r in racers {
+        match r.await.expect("racer task") {
+            (Ok(true), holder) => winners.push(holder),
+            (Ok(false), _) => {}
+            (Err(e), _) => panic!("racer failed with {e:?}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one try_lock wins: {winners:?}");
+    let winner = winners.remove(0);
+    for store in stores {
+        assert!(store.try_lock(name, &winner, LIVE).await.expect("renew"));
+        assert!(!store.try_lock(name, "late", LIVE).await.expect("late"));
+    }
+    winner
+}
+
 /// The state `exercise` leaves behind, compared after reopening.
 async fn snapshot(
     store: &Arc<dyn MetaStore>,
-) -> (Option<RingLayout>, Vec<VideoRecord>, Vec<FileRecord>) {
+) -> (
+    Option<RingLayout>,
+    Vec<VideoRecord>,
+    Vec<FileRecord>,
+    Vec<UploadLease>,
+) {
     (
         store.get_layout().await.expect("layout"),
         store.list_videos().await.expect("videos"),
         store.list_files().await.expect("files"),
+        store.list_leases().await.expect("leases"),
     )
 }
 
@@ -244,6 +368,8 @@ async fn exercise(store: &Arc<dyn MetaStore>) {
     layout_cas(store).await;
     videos(store).await;
     files(store).await;
+    leases(store).await;
+    locks(store).await;
 }
 
 #[tokio::test]
@@ -302,6 +428,25 @@ async fn sqlite_two_handles_on_one_file_race_safely() {
 }
 
 #[tokio::test]
+async fn sqlite_lock_race_over_two_handles() {
+    // As above: two handles stand for two processes, so only SQLite's locking can keep it atomic.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("meta.db");
+    let a: Arc<dyn MetaStore> = Arc::new(SqliteStore::open(&path).await.expect("open a"));
+    let b: Arc<dyn MetaStore> = Arc::new(SqliteStore::open(&path).await.expect("open b"));
+    let winner = lock_race(&[a, b], "gc").await;
+
+    // The stored form other tools (and older or newer builds) read.
+    let conn = rusqlite::Connection::open(&path).expect("raw open");
+    let json: String = conn
+        .query_row("SELECT json FROM locks WHERE name = 'gc'", [], |r| r.get(0))
+        .expect("lock row");
+    let value: serde_json::Value = serde_json::from_str(&json).expect("lock JSON");
+    assert_eq!(value["holder"], winner.as_str());
+    assert!(value["expires_unix_ms"].as_u64().is_some(), "{json}");
+}
+
+#[tokio::test]
 async fn sqlite_reports_corrupt_records_and_newer_schemas() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("meta.db");
@@ -333,7 +478,6 @@ async fn etcd_behaviour_and_reconnect() {
     let store = meta::open(&spec).await.expect("open etcd");
     exercise(&store).await;
     let before = snapshot(&store).await;
-    drop(store);
 
     let reconnected: Arc<dyn MetaStore> = Arc::new(
         meta::EtcdStore::connect(&cluster.endpoints(), fast_options())
@@ -341,6 +485,9 @@ async fn etcd_behaviour_and_reconnect() {
             .expect("reconnect"),
     );
     assert_eq!(snapshot(&reconnected).await, before, "everything persisted");
+    // Two clients stand for two broadcasters; the cluster orders their compare-and-swaps.
+    lock_race(&[store.clone(), reconnected.clone()], "race").await;
+    drop(store);
 
     // A value that is not our JSON is reported, not misread.
     let mut raw = etcd_client::Client::connect(cluster.endpoints(), None)

@@ -85,6 +85,10 @@ pub struct BlobInfo {
     pub bytes: u64,
     /// Payload SHA-256, lowercase hex.
     pub sha256: String,
+    /// Seconds since the blob was last written, by this node's clock: housekeeping removes only blobs
+    /// older than its grace period, whatever the clocks of other machines say.
+    #[serde(default)]
+    pub age_secs: u64,
 }
 
 impl BlobInfo {
@@ -93,8 +97,17 @@ impl BlobInfo {
             key: key.to_string(),
             bytes: header.len,
             sha256: header.sha256_hex(),
+            age_secs: 0,
         }
     }
+}
+
+fn age_secs(meta: &fs::Metadata) -> u64 {
+    meta.modified()
+        .ok()
+        .and_then(|m| m.elapsed().ok())
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// A blob whose checksum was verified, opened for serving. The handle stays valid even if the blob is
@@ -260,12 +273,31 @@ impl BlobStore {
     /// Deletes blob `key`, and its `{id}` directory when that was the last blob in it. Durable when it
     /// returns.
     pub async fn delete(&self, key: &BlobKey) -> Result<(), StoreError> {
+        self.delete_if_older(key, None).await
+    }
+
+    /// Deletes blob `key` only if it was last written at least `min_age` ago
+    /// ([`StoreError::TooYoung`] otherwise): housekeeping decides from a listing taken earlier, and a blob
+    /// written again since then must survive that decision.
+    pub async fn delete_if_older(
+        &self,
+        key: &BlobKey,
+        min_age: Option<Duration>,
+    ) -> Result<(), StoreError> {
         let path = self.blob_path(key);
         let blobs_dir = self.blobs_dir.clone();
-        let found = tokio::task::spawn_blocking(move || -> io::Result<bool> {
+        let found = tokio::task::spawn_blocking(move || -> io::Result<Option<bool>> {
+            if let Some(min) = min_age {
+                match fs::metadata(&path) {
+                    Ok(m) if age_secs(&m) < min.as_secs() => return Ok(None),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Some(false)),
+                    Err(e) => return Err(e),
+                }
+            }
             match fs::remove_file(&path) {
                 Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Some(false)),
                 Err(e) => return Err(e),
             }
             let dir = path.parent().unwrap_or(&blobs_dir);
@@ -276,27 +308,38 @@ impl BlobStore {
             } else {
                 common::durable::sync_dir(dir)?;
             }
-            Ok(true)
+            Ok(Some(true))
         })
         .await
         .map_err(io::Error::other)??;
-        if found {
-            Ok(())
-        } else {
-            Err(StoreError::NotFound(key.to_string()))
+        match found {
+            Some(true) => Ok(()),
+            Some(false) => Err(StoreError::NotFound(key.to_string())),
+            None => Err(StoreError::TooYoung(key.to_string())),
         }
     }
 
     /// Every blob whose key starts with `prefix`, sorted by key, from the headers (no hashing). Files with
     /// an unreadable header are logged and left out.
     pub async fn list(&self, prefix: &str) -> Result<Vec<BlobInfo>, StoreError> {
+        self.list_checked(prefix, false).await
+    }
+
+    /// Like [`BlobStore::list`]; with `verify` every payload is hashed against its header first (a scrub)
+    /// and a blob that fails is left out, so whoever repairs the ring sees it as missing and rewrites it.
+    pub async fn list_checked(
+        &self,
+        prefix: &str,
+        verify: bool,
+    ) -> Result<Vec<BlobInfo>, StoreError> {
         let blobs_dir = self.blobs_dir.clone();
         let prefix = prefix.to_owned();
         let (mut found, damaged) =
-            tokio::task::spawn_blocking(move || list_blocking(&blobs_dir, &prefix))
+            tokio::task::spawn_blocking(move || list_blocking(&blobs_dir, &prefix, verify))
                 .await
                 .map_err(io::Error::other)??;
         for (key, e) in damaged {
+            metrics::counter!("distributary_blob_corrupt_total").increment(1);
             tracing::error!(key = %key, error = %e, "corrupt blob left out of the listing");
         }
         found.sort_by(|a, b| a.key.cmp(&b.key));
@@ -329,6 +372,7 @@ impl BlobStore {
             sha256: Some(staged.header.sha256_hex()),
             xxh3: None,
             video: None,
+            chunk_sha256: Vec::new(),
         };
         let mut pending = self.pending();
         // Two stages of one id may race; the first to finish wins and the other's staging is dropped.
@@ -408,7 +452,7 @@ impl BlobStore {
 /// Blobs found by a listing, and damaged files with why.
 type Listing = (Vec<BlobInfo>, Vec<(String, FormatError)>);
 
-fn list_blocking(blobs_dir: &Path, prefix: &str) -> io::Result<Listing> {
+fn list_blocking(blobs_dir: &Path, prefix: &str, verify: bool) -> io::Result<Listing> {
     let mut found = Vec::new();
     let mut damaged = Vec::new();
     for dir in fs::read_dir(blobs_dir)? {
@@ -445,14 +489,21 @@ fn list_blocking(blobs_dir: &Path, prefix: &str) -> io::Result<Listing> {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e),
             };
-            if !f.metadata()?.is_file() {
+            let meta = f.metadata()?;
+            if !meta.is_file() {
                 continue;
             }
-            match format::read_header(&mut f)? {
+            let checked = if verify {
+                format::verify(&mut f)?
+            } else {
+                format::read_header(&mut f)?
+            };
+            match checked {
                 Ok(header) => found.push(BlobInfo {
                     key,
                     bytes: header.len,
                     sha256: header.sha256_hex(),
+                    age_secs: age_secs(&meta),
                 }),
                 Err(e) => damaged.push((key, e)),
             }
