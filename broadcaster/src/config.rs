@@ -89,8 +89,15 @@ pub struct Config {
     pub repair_interval: Duration,
     /// How long a live upload's lease holds without renewal.
     pub lease_ttl: Duration,
-    /// The cluster secret (`DISTRIBUTARY_CLUSTER_SECRET_FILE`) storage nodes prove their identity with.
+    /// The cluster secret (`DISTRIBUTARY_CLUSTER_SECRET_FILE`): signs requests to targets and storage
+    /// nodes, and storage nodes prove their identity with it.
     pub cluster_secret: Option<common::cluster::ClusterSecret>,
+    /// The bootstrap admin token (`BROADCASTER_ADMIN_TOKEN_FILE`).
+    pub admin_token: Option<AdminToken>,
+    /// Whether requests need a token.
+    pub auth: AuthMode,
+    /// Read routes need no token (`BROADCASTER_PUBLIC_READ`).
+    pub public_read: bool,
 }
 
 /// Every variable this service reads; any other `BROADCASTER_*` variable stops it at start (a typo must not
@@ -118,6 +125,9 @@ pub const VARS: &[&str] = &[
     "BROADCASTER_ORPHAN_GRACE_SECS",
     "BROADCASTER_REPAIR_INTERVAL_SECS",
     "BROADCASTER_LEASE_TTL_SECS",
+    "BROADCASTER_ADMIN_TOKEN_FILE",
+    "BROADCASTER_AUTH",
+    "BROADCASTER_PUBLIC_READ",
 ];
 
 #[derive(Debug, Default, Deserialize)]
@@ -144,6 +154,9 @@ struct RawConfig {
     orphan_grace_secs: Option<String>,
     repair_interval_secs: Option<String>,
     lease_ttl_secs: Option<String>,
+    admin_token_file: Option<String>,
+    auth: Option<String>,
+    public_read: Option<String>,
 }
 
 impl Config {
@@ -159,6 +172,76 @@ impl Config {
         let mut config = Self::try_from(env::load::<RawConfig>("BROADCASTER_", VARS, vars)?)?;
         config.cluster_secret = secret;
         Ok(config)
+    }
+}
+
+/// Shortest accepted bootstrap admin token.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 32;
+
+/// Whether requests need a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// Every route but `/healthz` (and the read routes with `BROADCASTER_PUBLIC_READ`) needs a token.
+    Tokens,
+    /// No authentication at all (only safe on a loopback bind, where only loopback Host names are served).
+    None,
+}
+
+fn read_admin_token(raw: Option<&str>) -> Result<Option<AdminToken>, EnvError> {
+    const VAR: &str = "BROADCASTER_ADMIN_TOKEN_FILE";
+    let Some(path) = raw.map(str::trim).filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| EnvError::invalid(VAR, path, format!("cannot read: {e}")))?;
+    let token = text.trim();
+    if token.chars().count() < MIN_ADMIN_TOKEN_LEN {
+        return Err(EnvError::invalid(
+            VAR,
+            path,
+            format!("the token must be at least {MIN_ADMIN_TOKEN_LEN} characters"),
+        ));
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(EnvError::invalid(
+            VAR,
+            path,
+            "the token must be printable ASCII without spaces",
+        ));
+    }
+    Ok(Some(AdminToken(token.to_owned())))
+}
+
+/// The bootstrap admin token; `Debug` never prints it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(pub String);
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
+}
+
+fn auth_mode(raw: Option<&str>, admin: bool, host: IpAddr) -> Result<AuthMode, EnvError> {
+    const VAR: &str = "BROADCASTER_AUTH";
+    match raw.map(str::trim).filter(|s| !s.is_empty()) {
+        Some("tokens") if admin => Ok(AuthMode::Tokens),
+        Some("tokens") => Err(EnvError::Missing {
+            var: "BROADCASTER_ADMIN_TOKEN_FILE".into(),
+            reason: "BROADCASTER_AUTH=tokens needs a bootstrap admin token".into(),
+        }),
+        Some("none") => Ok(AuthMode::None),
+        Some(other) => Err(EnvError::invalid(VAR, other, "expected `tokens` or `none`")),
+        None if admin => Ok(AuthMode::Tokens),
+        None if host.is_loopback() => Ok(AuthMode::None),
+        None => Err(EnvError::Missing {
+            var: "BROADCASTER_ADMIN_TOKEN_FILE".into(),
+            reason: format!(
+                "BROADCASTER_HTTP_HOST={host} is not a loopback address: set \
+                 BROADCASTER_ADMIN_TOKEN_FILE (tokens), or BROADCASTER_AUTH=none to serve without \
+                 authentication on purpose"
+            ),
+        }),
     }
 }
 
@@ -230,6 +313,24 @@ impl TryFrom<RawConfig> for Config {
             }
             storage_nodes.push(n.to_owned());
         }
+        let http_host = env::ip(
+            "BROADCASTER_HTTP_HOST",
+            raw.http_host.as_deref(),
+            Ipv4Addr::LOCALHOST.into(),
+        )?;
+        let admin_token = read_admin_token(raw.admin_token_file.as_deref())?;
+        let auth = auth_mode(raw.auth.as_deref(), admin_token.is_some(), http_host)?;
+        let public_read = match raw.public_read.as_deref().map(str::trim) {
+            None | Some("") | Some("false") | Some("0") => false,
+            Some("true") | Some("1") => true,
+            Some(other) => {
+                return Err(EnvError::invalid(
+                    "BROADCASTER_PUBLIC_READ",
+                    other,
+                    "expected `true` or `false`",
+                ))
+            }
+        };
         let secs = |var: &str, raw: Option<&str>, default: u64, min: u64| {
             env::number(var, raw, default, min, 10 * 365 * 86_400).map(Duration::from_secs)
         };
@@ -259,6 +360,9 @@ impl TryFrom<RawConfig> for Config {
                 3,
             )?,
             cluster_secret: None,
+            admin_token,
+            auth,
+            public_read,
             web_dir: raw
                 .web_dir
                 .as_deref()
@@ -294,11 +398,7 @@ impl TryFrom<RawConfig> for Config {
                 raw.node_timeout_ms.as_deref(),
                 DEFAULT_NODE_TIMEOUT_MS,
             )?,
-            http_host: env::ip(
-                "BROADCASTER_HTTP_HOST",
-                raw.http_host.as_deref(),
-                Ipv4Addr::UNSPECIFIED.into(),
-            )?,
+            http_host,
             http_port: env::number(
                 "BROADCASTER_HTTP_PORT",
                 raw.http_port.as_deref(),

@@ -23,6 +23,7 @@ use tokio::sync::mpsc::error::SendTimeoutError;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::ring::nodes::{read_body_limited, send_signed};
 use crate::ring::{Cluster, RingError};
 use crate::summary::{Outcome, Summary, TargetReport, TargetState};
 use crate::target::Target;
@@ -198,7 +199,19 @@ impl Lane {
     }
 }
 
+/// Largest staged report or error a target may send: reports are a few hundred bytes, a video's names a
+/// few KiB per minute of video.
+const MAX_REPLY_BYTES: u64 = 4 << 20;
+
 impl Engine {
+    /// Sends a request to a target, signed with the cluster secret when there is one.
+    async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, reqwest::Error> {
+        send_signed(&self.client, self.config.cluster_secret.as_ref(), req).await
+    }
+
     /// Builds the engine and its HTTP client.
     pub fn new(config: Arc<Config>, cluster: Arc<Cluster>) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
@@ -207,6 +220,8 @@ impl Engine {
             // HTTP/1.1: one connection per upload stream, no HTTP/2 flow-control window capping throughput.
             .http1_only()
             .pool_idle_timeout(Duration::from_secs(30))
+            // A target answering 3xx must not send the upload, or the broadcaster, anywhere else.
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(Self {
             config,
@@ -451,25 +466,30 @@ impl Engine {
             .put(target.stage_url(id, name))
             .header(VIDEO_HEADER, video.as_str())
             .body(reqwest::Body::wrap_stream(body));
+        let (client, secret) = (self.client.clone(), self.config.cluster_secret.clone());
         let task = tokio::spawn(async move {
-            let resp = request
-                .send()
+            let resp = send_signed(&client, secret.as_ref(), request)
                 .await
                 .map_err(|e| LaneError::from(describe(&e)))?;
             let status = resp.status();
             if !status.is_success() {
-                let text = resp.text().await.unwrap_or_default();
-                // Targets answer `{"error": "…"}`; show the message, not the JSON around it.
-                let text = serde_json::from_str::<common::protocol::ErrorBody>(&text)
-                    .map(|b| b.error)
-                    .unwrap_or(text);
+                let body = read_body_limited(resp, MAX_REPLY_BYTES)
+                    .await
+                    .unwrap_or_default();
+                // Targets answer `{"error": "…"}`; only that message is passed on, shortened, never
+                // whatever else a target sends.
+                let text = serde_json::from_slice::<common::protocol::ErrorBody>(&body)
+                    .map(|b| b.error.chars().take(300).collect::<String>())
+                    .unwrap_or_else(|_| "no error message".into());
                 return Err(LaneError {
                     status: Some(status.as_u16()),
                     message: format!("target answered {status}: {}", text.trim()),
                 });
             }
-            resp.json::<StagedReport>()
+            let body = read_body_limited(resp, MAX_REPLY_BYTES)
                 .await
+                .map_err(|e| LaneError::from(format!("bad staged report: {e}")))?;
+            serde_json::from_slice::<StagedReport>(&body)
                 .map_err(|e| LaneError::from(format!("bad staged report: {e}")))
         });
         Lane {
@@ -578,7 +598,7 @@ impl Engine {
                     return;
                 }
                 let url = lane.target.commit_url(id);
-                let res = client.post(url).timeout(timeout).send().await;
+                let res = self.send(client.post(url).timeout(timeout)).await;
                 lane.state = match res {
                     Ok(r) if r.status().is_success() => LaneState::Committed,
                     Ok(r) => LaneState::Failed(format!("commit answered {}", r.status())),
@@ -605,10 +625,8 @@ impl Engine {
                 if lane.target.is_ring {
                     self.cluster.delete_chunks(id, ring_chunks(&self.cluster, lane)).await;
                 } else {
-                    let _ = client
-                        .delete(lane.target.abort_url(id))
-                        .timeout(ABORT_TIMEOUT)
-                        .send()
+                    let _ = self
+                        .send(client.delete(lane.target.abort_url(id)).timeout(ABORT_TIMEOUT))
                         .await;
                 }
                 lane.state = LaneState::Aborted(why.to_owned());
@@ -632,8 +650,9 @@ impl Engine {
                 .client
                 .delete(lane.target.abort_url(id))
                 .timeout(ABORT_TIMEOUT);
+            let (client, secret) = (self.client.clone(), self.config.cluster_secret.clone());
             tokio::spawn(async move {
-                let _ = req.send().await;
+                let _ = send_signed(&client, secret.as_ref(), req).await;
             });
         }
     }

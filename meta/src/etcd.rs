@@ -1,6 +1,7 @@
 //! The highly available backend: an etcd (v3 API, 3.4 or newer) cluster.
 //!
-//! Each record is one key holding its JSON. Atomicity comes from etcd transactions:
+//! Each record is one key holding its JSON; a token has a second key, its hash, holding its id,
+//! and both are written and deleted in one transaction. Atomicity comes from etcd transactions:
 //! create-if-absent compares the key's `create_revision` with 0 (the key does not exist), and
 //! the layout compare-and-swap compares the layout key's `mod_revision` with the one it read,
 //! so two broadcasters racing on either are ordered by the cluster and exactly one wins.
@@ -24,10 +25,10 @@ use etcd_client::{
 use tokio::time::Instant;
 
 use crate::record::{
-    from_json, previous_file, sort_files, sort_leases, sort_videos, to_json, unix_ms_now,
-    LockRecord,
+    from_json, previous_file, sort_files, sort_leases, sort_tokens, sort_videos, to_json,
+    unix_ms_now, LockRecord,
 };
-use crate::{FileRecord, MetaError, MetaStore, RingLayout, UploadLease, VideoRecord};
+use crate::{FileRecord, MetaError, MetaStore, RingLayout, TokenRecord, UploadLease, VideoRecord};
 
 /// How long connecting to an endpoint may take before it counts as down.
 pub const DEFAULT_ETCD_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -47,6 +48,11 @@ const MAX_BACKOFF: Duration = Duration::from_millis(400);
 /// lost only when another writer changed the key in between, and the next read then usually settles
 /// it (someone else holds it, or it is gone), so a handful is plenty.
 const LOCK_ROUNDS: u32 = 5;
+
+/// How many read-then-delete rounds [`MetaStore::delete_token`] makes. A round is lost only when the
+/// token was deleted (or deleted and re-created) between the read and the delete; the next read
+/// sees that.
+const TOKEN_DELETE_ROUNDS: u32 = 5;
 
 /// Every key lives under this prefix; `v1` is the record format, bumped by an incompatible change.
 pub const ETCD_PREFIX: &str = "/distributary/v1/";
@@ -114,6 +120,16 @@ fn lease_key(id: &str) -> String {
 }
 fn lock_key(name: &str) -> String {
     format!("{ETCD_PREFIX}locks/{name}")
+}
+fn tokens_prefix() -> String {
+    format!("{ETCD_PREFIX}tokens/")
+}
+fn token_key(id: &str) -> String {
+    format!("{}{id}", tokens_prefix())
+}
+/// Not under `tokens/`, so listing tokens does not list these.
+fn token_hash_key(hash: &str) -> String {
+    format!("{ETCD_PREFIX}token-hashes/{hash}")
 }
 
 impl EtcdStore {
@@ -238,22 +254,33 @@ impl EtcdStore {
             .map(|kv| kv.into_key_value().1))
     }
 
+    /// The value at `key` and the revision it was last written at, the compare-and-swap key.
+    async fn get_versioned(
+        &self,
+        what: &str,
+        key: &str,
+    ) -> Result<Option<(Vec<u8>, i64)>, MetaError> {
+        let mut resp = self
+            .run(what, |mut kv, _| {
+                let key = key.to_string();
+                async move { kv.get(key, None).await }
+            })
+            .await?;
+        Ok(resp.take_kvs().into_iter().next().map(|kv| {
+            let revision = kv.mod_revision();
+            (kv.into_key_value().1, revision)
+        }))
+    }
+
     /// The lock stored at `key` and the revision it was last written at, the compare-and-swap key.
     async fn read_lock(
         &self,
         key: &str,
         name: &str,
     ) -> Result<Option<(LockRecord, i64)>, MetaError> {
-        let mut resp = self
-            .run("read lock", |mut kv, _| {
-                let key = key.to_string();
-                async move { kv.get(key, None).await }
-            })
-            .await?;
-        resp.take_kvs()
-            .into_iter()
-            .next()
-            .map(|kv| Ok((from_json("lock", name, kv.value())?, kv.mod_revision())))
+        self.get_versioned("read lock", key)
+            .await?
+            .map(|(value, revision)| Ok((from_json("lock", name, &value)?, revision)))
             .transpose()
     }
 
@@ -534,6 +561,97 @@ impl MetaStore for EtcdStore {
             "lock not released after {LOCK_ROUNDS} rounds; it will lapse"
         );
         Ok(())
+    }
+
+    async fn create_token(&self, token: &TokenRecord) -> Result<(), MetaError> {
+        let (key, hash_key, json) = (
+            token_key(&token.id),
+            token_hash_key(&token.hash),
+            to_json(token),
+        );
+        // Both keys or neither, and only if both are free: neither an id nor a hash is ever taken
+        // twice, and a refused create leaves no half of itself behind. The `or_else` read lets a
+        // retry recognise its own landed attempt by the record's exact JSON.
+        let txn = Txn::new()
+            .when([
+                Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+                Compare::create_revision(hash_key.clone(), CompareOp::Equal, 0),
+            ])
+            .and_then([
+                TxnOp::put(key.clone(), json.clone(), None),
+                TxnOp::put(hash_key, token.id.clone(), None),
+            ])
+            .or_else([TxnOp::get(key, None)]);
+        if self.txn_once("create token", txn, &json).await? {
+            Ok(())
+        } else {
+            Err(MetaError::AlreadyExists)
+        }
+    }
+
+    async fn get_token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>, MetaError> {
+        let Some(id) = self.get_one("get token hash", token_hash_key(hash)).await? else {
+            return Ok(None);
+        };
+        let id = String::from_utf8(id)
+            .map_err(|_| MetaError::Corrupt(format!("token hash {hash:?}: id is not UTF-8")))?;
+        // Absent: deleted between the two reads.
+        let Some(json) = self.get_one("get token", token_key(&id)).await? else {
+            return Ok(None);
+        };
+        let token: TokenRecord = from_json("token", &id, &json)?;
+        // The record is the authority: a hash key that does not lead back to a record with this
+        // hash (left behind by deleting an unreadable record) grants nothing.
+        Ok((token.hash == hash).then_some(token))
+    }
+
+    async fn list_tokens(&self) -> Result<Vec<TokenRecord>, MetaError> {
+        let mut tokens = self.list("token", tokens_prefix()).await?;
+        sort_tokens(&mut tokens);
+        Ok(tokens)
+    }
+
+    async fn delete_token(&self, id: &str) -> Result<bool, MetaError> {
+        let key = token_key(id);
+        for _ in 0..TOKEN_DELETE_ROUNDS {
+            let Some((json, revision)) = self.get_versioned("read token", &key).await? else {
+                // As with videos, a retry after a lost answer lands here for a token the first
+                // attempt deleted; the token is gone either way.
+                return Ok(false);
+            };
+            let mut deletes = vec![TxnOp::delete(key.clone(), None)];
+            match from_json::<TokenRecord>("token", id, &json) {
+                Ok(token) => deletes.push(TxnOp::delete(token_hash_key(&token.hash), None)),
+                // Revoking must not depend on the record being readable. The hash key left behind
+                // leads to no record, so it authenticates nothing.
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "deleting an unreadable token record; its hash key is left behind"
+                ),
+            }
+            // Deleting only at the revision read makes sure the hash key removed is that of the
+            // record removed, should the id be deleted and re-created in between.
+            let txn = Txn::new()
+                .when([Compare::mod_revision(
+                    key.clone(),
+                    CompareOp::Equal,
+                    revision,
+                )])
+                .and_then(deletes);
+            let resp = self
+                .run("delete token", |mut kv, _| {
+                    let txn = txn.clone();
+                    async move { kv.txn(txn).await }
+                })
+                .await?;
+            if resp.succeeded() {
+                return Ok(true);
+            }
+        }
+        // Only a token deleted and re-created over and over under this id gets here.
+        Err(MetaError::Unavailable(format!(
+            "etcd delete token {id:?}: the record kept changing during {TOKEN_DELETE_ROUNDS} rounds"
+        )))
     }
 
     async fn health(&self) -> Result<(), MetaError> {

@@ -1,5 +1,5 @@
-//! Metadata of the broadcaster: the storage ring's layout, videos, and raw uploads stored on
-//! the ring, behind one async trait with two real backends.
+//! Metadata of the broadcaster: the storage ring's layout, videos, raw uploads stored on the
+//! ring, and API tokens (hashed), behind one async trait with two real backends.
 //!
 //! - **SQLite** (`BROADCASTER_METADATA=sqlite:PATH`, the default): embedded, one file in WAL mode
 //!   with `synchronous=FULL`; for a single broadcaster.
@@ -12,7 +12,8 @@
 //! never a silent overwrite), and the ring layout is replaced only by compare-and-swap on its
 //! version ([`MetaError::Conflict`] for the loser of a race). Named locks
 //! ([`MetaStore::try_lock`]) are taken by compare-and-swap too, so of several broadcasters racing
-//! for one exactly one wins. Records are JSON in both, so fields can be added without a schema
+//! for one exactly one wins. A token is unique by id and by hash at once
+//! ([`MetaStore::create_token`]). Records are JSON in both, so fields can be added without a schema
 //! migration.
 //!
 //! ```no_run
@@ -27,14 +28,16 @@
 //!
 //! - `spec.rs`: parsing and validating `BROADCASTER_METADATA` into [`MetaSpec`].
 //! - `record.rs`: the stored records ([`RingLayout`] with its [`Membership`], [`VideoRecord`],
-//!   [`FileRecord`], [`UploadLease`]) and the JSON of a named lock (`{holder, expires_unix_ms}`).
+//!   [`FileRecord`], [`UploadLease`], [`TokenRecord`]) and the JSON of a named lock
+//!   (`{holder, expires_unix_ms}`).
 //! - `store.rs`: the [`MetaStore`] trait.
 //! - `sqlite.rs`: [`SqliteStore`]; blocking calls on tokio's blocking pool, one table per record
-//!   kind (`leases` and `locks` added without a schema version bump), locks taken inside an
-//!   `IMMEDIATE` transaction.
+//!   kind (`leases`, `locks` and `tokens` added without a schema version bump), locks taken inside
+//!   an `IMMEDIATE` transaction; `tokens` keeps the hash in a `UNIQUE` column beside the JSON.
 //! - `etcd.rs`: [`EtcdStore`]; transactions for atomicity, timeouts on every request; one key per
-//!   record under [`ETCD_PREFIX`] (`layout`, `videos/`, `files/`, `leases/`, `locks/`), locks taken
-//!   by a transaction on the key's revision.
+//!   record under [`ETCD_PREFIX`] (`layout`, `videos/`, `files/`, `leases/`, `locks/`, `tokens/`),
+//!   locks taken by a transaction on the key's revision; each token also has
+//!   `token-hashes/{hash}` → its id, created and deleted with the record in one transaction.
 //! - `error.rs`: [`MetaError`].
 
 mod error;
@@ -51,7 +54,7 @@ pub use etcd::{
     EtcdOptions, EtcdStore, DEFAULT_ETCD_ATTEMPT_TIMEOUT, DEFAULT_ETCD_CONNECT_TIMEOUT,
     DEFAULT_ETCD_REQUEST_TIMEOUT, ETCD_PREFIX,
 };
-pub use record::{FileRecord, Membership, RingLayout, UploadLease, VideoRecord};
+pub use record::{FileRecord, Membership, RingLayout, TokenRecord, UploadLease, VideoRecord};
 pub use spec::{parse_spec, MetaSpec, DEFAULT_ETCD_PORT};
 pub use sqlite::{SqliteStore, SQLITE_SCHEMA_VERSION};
 pub use store::MetaStore;

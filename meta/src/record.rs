@@ -112,6 +112,27 @@ pub struct UploadLease {
     pub expires_unix_ms: u64,
 }
 
+/// An API token: only the SHA-256 of its secret is stored, so the store never holds a usable token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// Public id (shown in listings, used to revoke). The key.
+    pub id: String,
+    /// Who or what it is for.
+    pub name: String,
+    /// Hex SHA-256 of the token's secret; unique.
+    pub hash: String,
+    /// Rights: any of "read", "upload", "delete", "admin".
+    pub scopes: Vec<String>,
+    /// If set, the token only covers names (and video ids) starting with this.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// Creation time, ms since the Unix epoch.
+    pub created_unix_ms: u64,
+    /// Expiry, ms since the Unix epoch; None = never.
+    #[serde(default)]
+    pub expires_unix_ms: Option<u64>,
+}
+
 /// A named lock's stored value (see [`crate::MetaStore::try_lock`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct LockRecord {
@@ -161,6 +182,15 @@ pub(crate) fn sort_files(files: &mut [FileRecord]) {
 /// By id.
 pub(crate) fn sort_leases(leases: &mut [UploadLease]) {
     leases.sort_by(|a, b| a.id.cmp(&b.id));
+}
+
+/// Oldest first, then by id.
+pub(crate) fn sort_tokens(tokens: &mut [TokenRecord]) {
+    tokens.sort_by(|a, b| {
+        a.created_unix_ms
+            .cmp(&b.created_unix_ms)
+            .then_with(|| a.id.cmp(&b.id))
+    });
 }
 
 pub(crate) fn to_json<T: Serialize>(value: &T) -> Vec<u8> {

@@ -14,10 +14,10 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 
 use crate::record::{
-    from_json, previous_file, sort_files, sort_leases, sort_videos, to_json, unix_ms_now,
-    LockRecord,
+    from_json, previous_file, sort_files, sort_leases, sort_tokens, sort_videos, to_json,
+    unix_ms_now, LockRecord,
 };
-use crate::{FileRecord, MetaError, MetaStore, RingLayout, UploadLease, VideoRecord};
+use crate::{FileRecord, MetaError, MetaStore, RingLayout, TokenRecord, UploadLease, VideoRecord};
 
 /// The schema this code reads and writes; stored in `schema_version` so a future version can
 /// migrate, and an older binary refuses a newer file instead of misreading it.
@@ -40,6 +40,13 @@ CREATE TABLE IF NOT EXISTS files (name TEXT PRIMARY KEY NOT NULL, json TEXT NOT 
 -- and older binaries never look at them, so the version stays 1.
 CREATE TABLE IF NOT EXISTS leases (id TEXT PRIMARY KEY NOT NULL, json TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS locks (name TEXT PRIMARY KEY NOT NULL, json TEXT NOT NULL);
+-- `hash` is duplicated out of the JSON so lookup by hash is indexed and UNIQUE refuses a second
+-- token with the same secret in the same INSERT that checks the id.
+CREATE TABLE IF NOT EXISTS tokens (
+    id TEXT PRIMARY KEY NOT NULL,
+    hash TEXT NOT NULL UNIQUE,
+    json TEXT NOT NULL
+);
 ";
 
 /// [`MetaStore`] on an SQLite file.
@@ -470,6 +477,68 @@ impl MetaStore for SqliteStore {
             )
             .map_err(sql)?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn create_token(&self, token: &TokenRecord) -> Result<(), MetaError> {
+        let (id, hash, json) = (token.id.clone(), token.hash.clone(), text(to_json(token)));
+        self.call(move |c| {
+            // One INSERT checks both the primary key and the UNIQUE hash, atomically.
+            match c.execute(
+                "INSERT INTO tokens (id, hash, json) VALUES (?1, ?2, ?3)",
+                params![id, hash, json],
+            ) {
+                Ok(_) => Ok(()),
+                Err(e) if is_constraint(&e) => Err(MetaError::AlreadyExists),
+                Err(e) => Err(sql(e)),
+            }
+        })
+        .await
+    }
+
+    async fn get_token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>, MetaError> {
+        let hash = hash.to_string();
+        self.call(move |c| {
+            let row: Option<(String, String)> = c
+                .query_row(
+                    "SELECT id, json FROM tokens WHERE hash = ?1",
+                    [&hash],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(sql)?;
+            row.map(|(id, json)| from_json("token", &id, json.as_bytes()))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn list_tokens(&self) -> Result<Vec<TokenRecord>, MetaError> {
+        self.call(|c| {
+            let mut stmt = c.prepare("SELECT id, json FROM tokens").map_err(sql)?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+                .map_err(sql)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, json) = row.map_err(sql)?;
+                out.push(from_json("token", &id, json.as_bytes())?);
+            }
+            sort_tokens(&mut out);
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn delete_token(&self, id: &str) -> Result<bool, MetaError> {
+        let id = id.to_string();
+        self.call(move |c| {
+            // The row carries its hash, so one DELETE removes the token from both lookups.
+            let n = c
+                .execute("DELETE FROM tokens WHERE id = ?1", [&id])
+                .map_err(sql)?;
+            Ok(n > 0)
         })
         .await
     }

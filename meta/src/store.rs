@@ -4,9 +4,9 @@ use async_trait::async_trait;
 
 use std::time::Duration;
 
-use crate::{FileRecord, MetaError, RingLayout, UploadLease, VideoRecord};
+use crate::{FileRecord, MetaError, RingLayout, TokenRecord, UploadLease, VideoRecord};
 
-/// The broadcaster's metadata: the ring layout, videos and raw uploads on the ring.
+/// The broadcaster's metadata: the ring layout, videos and raw uploads on the ring, and API tokens.
 ///
 /// Every write that can race between broadcasters is either a create-if-absent
 /// ([`MetaError::AlreadyExists`]) or a compare-and-swap ([`MetaError::Conflict`]); plain
@@ -72,6 +72,22 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug {
 
     /// Releases the named lock if `holder` holds it; otherwise does nothing.
     async fn unlock(&self, name: &str, holder: &str) -> Result<(), MetaError>;
+
+    /// Stores a new token; [`MetaError::AlreadyExists`] if its id or its hash is taken (atomic across
+    /// processes: of several creates racing for one id or one hash exactly one wins, and a refused
+    /// create leaves nothing behind).
+    async fn create_token(&self, token: &TokenRecord) -> Result<(), MetaError>;
+
+    /// The token whose secret hashes to `hash` (hex SHA-256), expired ones included (the caller
+    /// compares `expires_unix_ms` with its clock).
+    async fn get_token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>, MetaError>;
+
+    /// All tokens, oldest first (`created_unix_ms`), then by id.
+    async fn list_tokens(&self) -> Result<Vec<TokenRecord>, MetaError>;
+
+    /// Deletes a token; whether it existed. After this returns, [`MetaStore::get_token_by_hash`] no
+    /// longer finds it (on any handle on the same store).
+    async fn delete_token(&self, id: &str) -> Result<bool, MetaError>;
 
     /// Whether the store answers now (for etcd: a quorum read succeeds).
     async fn health(&self) -> Result<(), MetaError>;

@@ -38,8 +38,10 @@ pub enum Sink {
 /// Validated reader configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Address to bind.
+    /// Address to bind: loopback unless the cluster secret is configured.
     pub http_host: IpAddr,
+    /// The cluster secret: every route but `/healthz` and `/metrics` needs requests signed with it.
+    pub cluster_secret: Option<common::cluster::ClusterSecret>,
     /// Port to bind; 0 picks a free one.
     pub http_port: u16,
     /// Write buffer size in bytes.
@@ -119,7 +121,16 @@ impl Config {
 
     /// Reads configuration from `(name, value)` pairs, as if they were the environment.
     pub fn from_vars<I: IntoIterator<Item = (String, String)>>(vars: I) -> Result<Self, EnvError> {
-        Self::try_from(env::load::<RawConfig>("READER_", VARS, vars)?)
+        let vars: Vec<(String, String)> = vars.into_iter().collect();
+        let secret = common::cluster::ClusterSecret::from_vars(&vars)?;
+        let mut config = Self::try_from(env::load::<RawConfig>("READER_", VARS, vars)?)?;
+        common::cluster::require_secret_off_loopback(
+            "READER_HTTP_HOST",
+            config.http_host,
+            &secret,
+        )?;
+        config.cluster_secret = secret;
+        Ok(config)
     }
 }
 
@@ -192,6 +203,7 @@ impl TryFrom<RawConfig> for Config {
             Sink::Disk | Sink::Dash => None,
         };
         Ok(Self {
+            cluster_secret: None,
             s3,
             metadata,
             ffmpeg_preset,
@@ -205,7 +217,7 @@ impl TryFrom<RawConfig> for Config {
             http_host: env::ip(
                 "READER_HTTP_HOST",
                 raw.http_host.as_deref(),
-                Ipv4Addr::UNSPECIFIED.into(),
+                Ipv4Addr::LOCALHOST.into(),
             )?,
             http_port: env::number(
                 "READER_HTTP_PORT",

@@ -51,11 +51,15 @@ pub async fn run(
         }
         None => None,
     };
-    let app = routes::app(routes::AppState {
+    let mut app = routes::app(routes::AppState {
         disk: store,
         video,
         s3: s3.clone(),
     });
+    if let Some(secret) = config.cluster_secret.clone() {
+        // The stream protocol, the seed's `POST /upload` and `GET /files` all answer 401 without it.
+        app = common::cluster::ClusterGate::new(secret).protect(app);
+    }
     let served = common::server::serve(listener, app, shutdown, config.shutdown_grace)
         .await
         .map_err(ReaderError::Io);
@@ -81,8 +85,8 @@ async fn open_video_sink(
         chunk_size: 4 << 20,
         connect_timeout: Duration::from_secs(3),
         request_timeout: Duration::from_secs(30),
-        // The reader only writes blobs; it never checks a node's identity or takes leases.
-        secret: None,
+        // Signs the reader's blob writes; it never checks a node's identity or takes leases.
+        secret: config.cluster_secret.clone(),
         lease_ttl: Duration::from_secs(60),
     };
     let cluster = ring_client::Cluster::open(meta, &settings)

@@ -154,8 +154,8 @@ pub struct RingSettings {
     pub connect_timeout: Duration,
     /// Per-request timeout to nodes.
     pub request_timeout: Duration,
-    /// The cluster secret nodes prove their identity with; without it any node answering the identity
-    /// protocol is taken at its word.
+    /// The cluster secret: it signs every request to nodes, and nodes prove their identity with it;
+    /// without it any node answering the identity protocol is taken at its word.
     pub secret: Option<ClusterSecret>,
     /// How long an upload's lease holds without renewal (see [`maintenance`]).
     pub lease_ttl: Duration,
@@ -200,8 +200,12 @@ impl Cluster {
         meta: Arc<dyn MetaStore>,
         settings: &RingSettings,
     ) -> Result<Arc<Self>, RingError> {
-        let nodes = NodeClient::new(settings.connect_timeout, settings.request_timeout)
-            .map_err(|e| RingError::Membership(format!("cannot build HTTP client: {e}")))?;
+        let nodes = NodeClient::new(
+            settings.connect_timeout,
+            settings.request_timeout,
+            settings.secret.clone(),
+        )
+        .map_err(|e| RingError::Membership(format!("cannot build HTTP client: {e}")))?;
         let cluster = Arc::new(Self {
             meta,
             nodes,

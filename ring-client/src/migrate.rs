@@ -597,3 +597,72 @@ pub(crate) fn conflict(e: meta::MetaError) -> RingError {
         other => RingError::Meta(other),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring(nodes: &[&str]) -> Ring {
+        Ring::new(&hashring::Layout {
+            version: 1,
+            nodes: nodes.iter().map(|n| n.to_string()).collect(),
+            vnodes: 64,
+            replication: 2,
+        })
+    }
+
+    fn placement(holders: &[(&str, &str)]) -> Placement {
+        Placement {
+            holders: holders
+                .iter()
+                .map(|(n, s)| (n.to_string(), s.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_recorded_digest_wins_over_what_nodes_claim() {
+        let p = placement(&[("a:1", "bad"), ("b:1", "bad"), ("c:1", "good")]);
+        let mut recorded = HashMap::new();
+        assert_eq!(expected_digest("v/f", &p, &recorded), "bad");
+        recorded.insert("v/f".to_owned(), "good".to_owned());
+        assert_eq!(expected_digest("v/f", &p, &recorded), "good");
+    }
+
+    #[test]
+    fn copies_come_only_from_good_holders_and_go_to_every_owner_without_one() {
+        let r = ring(&["a:1", "b:1", "c:1", "d:1"]);
+        let key = "vid/chunk-0-00001.m4s";
+        let owners = r.owners(key);
+        // One owner holds a tampered copy, a non-owner holds the good one.
+        let outsider = ["a:1", "b:1", "c:1", "d:1"]
+            .into_iter()
+            .find(|n| !owners.iter().any(|o| o == n))
+            .expect("a non-owner");
+        let mut placements = BTreeMap::new();
+        placements.insert(
+            key.to_owned(),
+            placement(&[(owners[0].as_str(), "evil"), (outsider, "good")]),
+        );
+        let recorded: HashMap<String, String> = [(key.to_owned(), "good".to_owned())].into();
+        let plan = plan_copies(&placements, &recorded, &r, None);
+        assert_eq!(plan.len(), 1);
+        assert_eq!(plan[0].sources, vec![outsider.to_owned()]);
+        let mut targets = plan[0].targets.clone();
+        targets.sort();
+        let mut want = owners.clone();
+        want.sort();
+        assert_eq!(targets, want, "the tampered owner is rewritten too");
+        assert_eq!(plan[0].sha, "good");
+    }
+
+    #[test]
+    fn nothing_is_planned_without_a_good_copy_or_for_node_local_uploads() {
+        let r = ring(&["a:1", "b:1"]);
+        let mut placements = BTreeMap::new();
+        placements.insert("v/f".to_owned(), placement(&[("a:1", "evil")]));
+        placements.insert("raw/upload.iso".to_owned(), placement(&[("a:1", "x")]));
+        let recorded: HashMap<String, String> = [("v/f".to_owned(), "good".to_owned())].into();
+        assert!(plan_copies(&placements, &recorded, &r, None).is_empty());
+    }
+}

@@ -122,6 +122,34 @@ pub const MIN_AGE_HEADER: &str = "x-if-older-than-secs";
 #[derive(Debug, Clone)]
 pub struct NodeClient {
     http: reqwest::Client,
+    /// Signs every request when the cluster has a secret.
+    secret: Option<common::cluster::ClusterSecret>,
+}
+
+/// Adds the cluster-secret proof for `req`'s method, path and query (see [`common::cluster`]).
+pub fn sign(req: &mut reqwest::Request, secret: &common::cluster::ClusterSecret) {
+    let url = req.url();
+    let pq = match url.query() {
+        Some(q) => format!("{}?{q}", url.path()),
+        None => url.path().to_owned(),
+    };
+    let value = secret.sign_request(req.method().as_str(), &pq);
+    if let Ok(v) = reqwest::header::HeaderValue::from_str(&value) {
+        req.headers_mut().insert(common::cluster::AUTH_HEADER, v);
+    }
+}
+
+/// Builds `builder`, signs it when there is a secret, and sends it with `client`.
+pub async fn send_signed(
+    client: &reqwest::Client,
+    secret: Option<&common::cluster::ClusterSecret>,
+    builder: reqwest::RequestBuilder,
+) -> Result<reqwest::Response, reqwest::Error> {
+    let mut req = builder.build()?;
+    if let Some(s) = secret {
+        sign(&mut req, s);
+    }
+    client.execute(req).await
 }
 
 /// A blob read back, possibly a byte range of it.
@@ -136,7 +164,11 @@ pub struct Fetched {
 impl NodeClient {
     /// Builds the client; `timeout` bounds each request (blobs are a few MiB at most). Redirects are never
     /// followed: a node answering 3xx must not turn the broadcaster into a fetcher of other URLs.
-    pub fn new(connect_timeout: Duration, timeout: Duration) -> Result<Self, reqwest::Error> {
+    pub fn new(
+        connect_timeout: Duration,
+        timeout: Duration,
+        secret: Option<common::cluster::ClusterSecret>,
+    ) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .connect_timeout(connect_timeout)
             .timeout(timeout)
@@ -145,7 +177,14 @@ impl NodeClient {
             .redirect(reqwest::redirect::Policy::none())
             .pool_max_idle_per_host(64)
             .build()?;
-        Ok(Self { http })
+        Ok(Self { http, secret })
+    }
+
+    async fn send(
+        &self,
+        builder: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, reqwest::Error> {
+        send_signed(&self.http, self.secret.as_ref(), builder).await
     }
 
     /// `node` is `host:port` (plain HTTP) or an `http(s)://host:port` URL.
@@ -165,14 +204,12 @@ impl NodeClient {
         data: Bytes,
         sha256: &str,
     ) -> Result<(), NodeError> {
-        let resp = self
+        let req = self
             .http
             .put(Self::url(node, &key.path()))
             .header("x-content-sha256", sha256)
-            .body(data)
-            .send()
-            .await
-            .map_err(|e| unreachable(node, &e))?;
+            .body(data);
+        let resp = self.send(req).await.map_err(|e| unreachable(node, &e))?;
         check(node, key, resp).await.map(|_| ())
     }
 
@@ -187,7 +224,7 @@ impl NodeClient {
         if let Some((a, b)) = range {
             req = req.header(reqwest::header::RANGE, format!("bytes={a}-{b}"));
         }
-        let resp = req.send().await.map_err(|e| unreachable(node, &e))?;
+        let resp = self.send(req).await.map_err(|e| unreachable(node, &e))?;
         let resp = check(node, key, resp).await?;
         let sha256 = resp
             .headers()
@@ -215,7 +252,7 @@ impl NodeClient {
         if let Some(age) = min_age {
             req = req.header(MIN_AGE_HEADER, age.as_secs().to_string());
         }
-        let resp = req.send().await.map_err(|e| unreachable(node, &e))?;
+        let resp = self.send(req).await.map_err(|e| unreachable(node, &e))?;
         match check(node, key, resp).await {
             Ok(_) | Err(NodeError::NotFound { .. }) => Ok(true),
             Err(NodeError::Status { status: 412, .. }) => Ok(false),
@@ -236,7 +273,7 @@ impl NodeClient {
             // A scrub reads the node's whole disk.
             req = req.timeout(Duration::from_secs(3600));
         }
-        let resp = req.send().await.map_err(|e| unreachable(node, &e))?;
+        let resp = self.send(req).await.map_err(|e| unreachable(node, &e))?;
         let status = resp.status();
         if !status.is_success() {
             return Err(status_error(node, resp).await);
@@ -251,13 +288,11 @@ impl NodeClient {
 
     /// Asks `node` who it is, with a fresh `nonce` it must sign.
     pub async fn identity(&self, node: &str, nonce: &str) -> Result<IdentityAnswer, NodeError> {
-        let resp = self
+        let req = self
             .http
             .get(Self::url(node, &format!("/v1/identity?nonce={nonce}")))
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await
-            .map_err(|e| unreachable(node, &e))?;
+            .timeout(Duration::from_secs(5));
+        let resp = self.send(req).await.map_err(|e| unreachable(node, &e))?;
         let status = resp.status();
         if !status.is_success() {
             return Err(status_error(node, resp).await);
@@ -299,22 +334,38 @@ impl NodeClient {
 }
 
 /// Reads a reply body, refusing one over `limit` bytes before buffering it.
-async fn read_limited(
-    node: &str,
+async fn read_limited(node: &str, resp: reqwest::Response, limit: u64) -> Result<Bytes, NodeError> {
+    read_body_limited(resp, limit).await.map_err(|e| match e {
+        LimitedReadError::TooLarge => NodeError::TooLarge {
+            node: node.to_owned(),
+            limit,
+        },
+        LimitedReadError::Body(e) => unreachable(node, &e),
+    })
+}
+
+/// Why a bounded read failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LimitedReadError {
+    #[error("the reply exceeds its size limit")]
+    TooLarge,
+    #[error("the reply broke off: {0}")]
+    Body(#[from] reqwest::Error),
+}
+
+/// Reads any peer's reply body into memory, refusing one over `limit` bytes (announced or actual) before
+/// it is buffered: a peer cannot make this process allocate what it likes.
+pub async fn read_body_limited(
     mut resp: reqwest::Response,
     limit: u64,
-) -> Result<Bytes, NodeError> {
-    let too_large = || NodeError::TooLarge {
-        node: node.to_owned(),
-        limit,
-    };
+) -> Result<Bytes, LimitedReadError> {
     if resp.content_length().is_some_and(|n| n > limit) {
-        return Err(too_large());
+        return Err(LimitedReadError::TooLarge);
     }
     let mut buf = bytes::BytesMut::with_capacity(resp.content_length().unwrap_or(0) as usize);
-    while let Some(chunk) = resp.chunk().await.map_err(|e| unreachable(node, &e))? {
+    while let Some(chunk) = resp.chunk().await? {
         if buf.len() as u64 + chunk.len() as u64 > limit {
-            return Err(too_large());
+            return Err(LimitedReadError::TooLarge);
         }
         buf.extend_from_slice(&chunk);
     }

@@ -73,6 +73,11 @@ impl Config {
         let vars: Vec<(String, String)> = vars.into_iter().collect();
         let secret = common::cluster::ClusterSecret::from_vars(&vars)?;
         let mut config = Self::try_from(env::load::<RawConfig>("STORAGE_NODE_", VARS, vars)?)?;
+        common::cluster::require_secret_off_loopback(
+            "STORAGE_NODE_HTTP_HOST",
+            config.http_host,
+            &secret,
+        )?;
         config.cluster_secret = secret;
         Ok(config)
     }
@@ -104,7 +109,7 @@ impl TryFrom<RawConfig> for Config {
             http_host: env::ip(
                 "STORAGE_NODE_HTTP_HOST",
                 raw.http_host.as_deref(),
-                Ipv4Addr::UNSPECIFIED.into(),
+                Ipv4Addr::LOCALHOST.into(),
             )?,
             http_port: env::number(
                 "STORAGE_NODE_HTTP_PORT",
@@ -152,7 +157,7 @@ mod tests {
     #[test]
     fn defaults() {
         let c = cfg(&[]).expect("defaults");
-        assert_eq!(c.http_host, IpAddr::from(Ipv4Addr::UNSPECIFIED));
+        assert_eq!(c.http_host, IpAddr::from(Ipv4Addr::LOCALHOST));
         assert_eq!(c.http_port, DEFAULT_HTTP_PORT);
         assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
         assert_eq!(c.buffer_size, DEFAULT_BUFFER_SIZE);

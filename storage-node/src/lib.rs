@@ -52,7 +52,10 @@ pub async fn run(
     )?);
     tracing::info!(node_id = %identity.id(), "node identity");
     store.clone().spawn_sweeper(shutdown.clone());
-    let app = routes::app(store, identity);
+    let mut app = routes::app(store, identity);
+    if let Some(secret) = config.cluster_secret.clone() {
+        app = common::cluster::ClusterGate::new(secret).protect(app);
+    }
     common::server::serve(listener, app, shutdown, config.shutdown_grace)
         .await
         .map_err(StoreError::Io)

@@ -252,9 +252,22 @@ fn container_env(stage: &Stage, service: &Value) -> BTreeMap<String, String> {
 
 /// Runs `bin --check-config` with exactly `env`; returns (exit code, stdout + stderr).
 fn check_config(binary: &str, env: &BTreeMap<String, String>) -> (Option<i32>, String) {
+    // Compose mounts secrets under /run/secrets; here each becomes a file with a secret of the right size.
+    let secrets = tempfile::tempdir().expect("secrets dir");
+    let env: BTreeMap<String, String> = env
+        .iter()
+        .map(|(k, v)| match v.strip_prefix("/run/secrets/") {
+            Some(name) => {
+                let path = secrets.path().join(name);
+                std::fs::write(&path, "s".repeat(48)).expect("write secret");
+                (k.clone(), path.display().to_string())
+            }
+            None => (k.clone(), v.clone()),
+        })
+        .collect();
     let out = Command::new(bin(binary))
         .env_clear()
-        .envs(env)
+        .envs(&env)
         .arg("--check-config")
         .stdin(Stdio::null())
         .output()

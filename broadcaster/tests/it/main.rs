@@ -12,6 +12,7 @@ mod failures;
 mod fanout;
 mod ha;
 mod harness;
+mod integrity;
 mod lifecycle;
 mod metrics;
 mod reader;

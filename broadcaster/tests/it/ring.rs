@@ -16,7 +16,7 @@ const CHUNK: usize = 64 * 1024;
 /// A storage node with a data directory that outlives restarts.
 pub struct Node {
     pub proc: Option<Proc>,
-    dir: PathBuf,
+    pub dir: PathBuf,
     port: u16,
 }
 
@@ -40,14 +40,14 @@ impl Node {
         format!("127.0.0.1:{}", self.port)
     }
 
-    fn restart(&mut self) {
+    pub fn restart(&mut self) {
         self.proc = None;
         let again = Node::start(&self.dir, self.port);
         self.proc = again.proc;
     }
 }
 
-fn ring_env(db: &Path, nodes: &[&Node], replication: usize) -> Vec<(String, String)> {
+pub fn ring_env(db: &Path, nodes: &[&Node], replication: usize) -> Vec<(String, String)> {
     vec![
         (
             "BROADCASTER_METADATA".into(),
@@ -59,15 +59,17 @@ fn ring_env(db: &Path, nodes: &[&Node], replication: usize) -> Vec<(String, Stri
         ),
         ("BROADCASTER_REPLICATION".into(), replication.to_string()),
         ("BROADCASTER_RING_CHUNK_SIZE".into(), CHUNK.to_string()),
+        // A broadcaster these tests kill lets go of its uploads' blobs within seconds.
+        ("BROADCASTER_LEASE_TTL_SECS".into(), "4".into()),
     ]
 }
 
-fn start_broadcaster(env: &[(String, String)]) -> Broadcaster {
+pub fn start_broadcaster(env: &[(String, String)]) -> Broadcaster {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     Broadcaster::start(&["ring".to_owned()], &env)
 }
 
-async fn upload(b: &Broadcaster, name: &str, data: &[u8]) -> serde_json::Value {
+pub async fn upload(b: &Broadcaster, name: &str, data: &[u8]) -> serde_json::Value {
     let resp = client()
         .put(b.put_url(name))
         .body(data.to_vec())
@@ -82,7 +84,7 @@ async fn upload(b: &Broadcaster, name: &str, data: &[u8]) -> serde_json::Value {
     summary
 }
 
-async fn fetch(b: &Broadcaster, name: &str) -> (u16, Vec<u8>) {
+pub async fn fetch(b: &Broadcaster, name: &str) -> (u16, Vec<u8>) {
     let resp = client()
         .get(b.url(&format!("/files/{name}")))
         .send()
@@ -96,7 +98,7 @@ async fn fetch(b: &Broadcaster, name: &str) -> (u16, Vec<u8>) {
 }
 
 /// Blob keys each node holds.
-async fn holdings(nodes: &[&Node]) -> BTreeMap<String, BTreeSet<String>> {
+pub async fn holdings(nodes: &[&Node]) -> BTreeMap<String, BTreeSet<String>> {
     let mut by_key: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for n in nodes {
         let v: serde_json::Value = client()

@@ -4,7 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use meta::{FileRecord, MetaError, MetaStore, RingLayout, SqliteStore, UploadLease, VideoRecord};
+use meta::{
+    FileRecord, MetaError, MetaStore, RingLayout, SqliteStore, TokenRecord, UploadLease,
+    VideoRecord,
+};
 
 use crate::etcd_cluster::{fast_options, EtcdCluster};
 
@@ -269,6 +272,147 @@ async fn leases(store: &Arc<dyn MetaStore>) {
     );
 }
 
+/// A stand-in for the hex SHA-256 of a secret: 64 hex digits, distinct per `n`.
+pub fn hash(n: u8) -> String {
+    format!("{n:02x}").repeat(32)
+}
+
+pub fn token(id: &str, hash_n: u8, created_unix_ms: u64) -> TokenRecord {
+    TokenRecord {
+        id: id.into(),
+        name: format!("for {id}"),
+        hash: hash(hash_n),
+        scopes: vec!["read".into()],
+        prefix: None,
+        created_unix_ms,
+        expires_unix_ms: None,
+    }
+}
+
+async fn tokens(store: &Arc<dyn MetaStore>) {
+    assert_eq!(store.list_tokens().await.expect("list"), vec![]);
+    assert_eq!(store.get_token_by_hash(&hash(1)).await.expect("get"), None);
+
+    let mut alice = token("tb", 1, 200);
+    alice.name = "alice".into();
+    alice.scopes = vec!["upload".into(), "read".into()];
+    alice.prefix = Some("alice-".into());
+    alice.expires_unix_ms = Some(86_400_200);
+    store.create_token(&alice).await.expect("create tb");
+    store
+        .create_token(&token("ta", 2, 200))
+        .await
+        .expect("create ta");
+    store
+        .create_token(&token("tc", 3, 100))
+        .await
+        .expect("create tc");
+
+    // A taken id, with a fresh hash: refused, and the fresh hash finds nothing afterwards.
+    assert_err!(
+        store.create_token(&token("tb", 9, 999)).await,
+        MetaError::AlreadyExists
+    );
+    assert_eq!(
+        store.get_token_by_hash(&hash(9)).await.expect("get"),
+        None,
+        "a refused create leaves no hash behind"
+    );
+    // A taken hash under a fresh id: refused, and the fresh id is not created.
+    assert_err!(
+        store.create_token(&token("td", 1, 999)).await,
+        MetaError::AlreadyExists
+    );
+    assert_eq!(
+        store.get_token_by_hash(&hash(1)).await.expect("get"),
+        Some(alice.clone()),
+        "a refused create must not overwrite, whether by id or by hash"
+    );
+
+    let ids: Vec<String> = store
+        .list_tokens()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(ids, ["tc", "ta", "tb"], "oldest first, ties by id");
+    // The id refused above is free: the refused create left no record behind either.
+    store
+        .create_token(&token("td", 4, 300))
+        .await
+        .expect("create td");
+    assert_eq!(
+        store.get_token_by_hash(&hash(4)).await.expect("get"),
+        Some(token("td", 4, 300))
+    );
+
+    assert!(store.delete_token("ta").await.expect("delete"));
+    assert!(!store.delete_token("ta").await.expect("delete again"));
+    assert!(!store.delete_token("never").await.expect("delete absent"));
+    assert_eq!(store.get_token_by_hash(&hash(2)).await.expect("get"), None);
+    assert_eq!(
+        store
+            .list_tokens()
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|t| t.id)
+            .collect::<Vec<_>>(),
+        ["tc", "tb", "td"]
+    );
+    // Deleting freed both the id and the hash.
+    store
+        .create_token(&token("ta", 2, 400))
+        .await
+        .expect("re-create after delete");
+    assert!(store.delete_token("ta").await.expect("delete"));
+
+    // Racing creates: of eight for one hash under distinct ids, and of eight for one id with
+    // distinct hashes, exactly one wins each time, and no loser's id or hash is left findable.
+    let racers: Vec<_> = (0..16u8)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let t = if i < 8 {
+                    token(&format!("same-hash-{i}"), 100, 500)
+                } else {
+                    token("same-id", 100 + i, 500)
+                };
+                (store.create_token(&t).await, t)
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for r in racers {
+        match r.await.expect("racer task") {
+            (Ok(()), t) => winners.push(t),
+            (Err(MetaError::AlreadyExists), _) => {}
+            (Err(e), _) => panic!("racer failed with {e:?}"),
+        }
+    }
+    let by_hash: Vec<_> = winners.iter().filter(|t| t.hash == hash(100)).collect();
+    let by_id: Vec<_> = winners.iter().filter(|t| t.id == "same-id").collect();
+    assert_eq!(
+        (by_hash.len(), by_id.len()),
+        (1, 1),
+        "exactly one create wins each race: {winners:?}"
+    );
+    for i in 0..16u8 {
+        let found = store.get_token_by_hash(&hash(100 + i)).await.expect("get");
+        assert_eq!(
+            found.as_ref(),
+            winners.iter().find(|t| t.hash == hash(100 + i))
+        );
+    }
+    let listed = store.list_tokens().await.expect("list");
+    assert_eq!(
+        listed.iter().filter(|t| t.created_unix_ms == 500).count(),
+        2,
+        "only the two winners are stored: {listed:?}"
+    );
+}
+
 /// Long enough that a lock taken with it cannot lapse during a test, however loaded the machine.
 const LIVE: Duration = Duration::from_secs(60);
 /// Short enough to sleep past.
@@ -353,12 +497,14 @@ async fn snapshot(
     Vec<VideoRecord>,
     Vec<FileRecord>,
     Vec<UploadLease>,
+    Vec<TokenRecord>,
 ) {
     (
         store.get_layout().await.expect("layout"),
         store.list_videos().await.expect("videos"),
         store.list_files().await.expect("files"),
         store.list_leases().await.expect("leases"),
+        store.list_tokens().await.expect("tokens"),
     )
 }
 
@@ -369,6 +515,7 @@ async fn exercise(store: &Arc<dyn MetaStore>) {
     videos(store).await;
     files(store).await;
     leases(store).await;
+    tokens(store).await;
     locks(store).await;
 }
 
@@ -385,6 +532,17 @@ async fn sqlite_behaviour_and_reopen() {
 
     let reopened = meta::open(&spec).await.expect("reopen sqlite");
     assert_eq!(snapshot(&reopened).await, before, "everything persisted");
+    assert_eq!(
+        before.4.len(),
+        5,
+        "tokens left by the suite: {:?}",
+        before.4
+    );
+    assert_eq!(
+        reopened.get_token_by_hash(&hash(1)).await.expect("get"),
+        before.4.iter().find(|t| t.id == "tb").cloned(),
+        "found by hash after reopening"
+    );
     assert_eq!(
         reopened
             .get_layout()
@@ -414,17 +572,19 @@ async fn sqlite_two_handles_on_one_file_race_safely() {
                     .put_layout(Some(1), &layout(2, &["n:1", &format!("m{i}:1")]))
                     .await;
                 let create = s.create_video(&video("same", i)).await;
-                (cas.is_ok(), create.is_ok())
+                let token = s.create_token(&token(&format!("t{i}"), 7, i)).await;
+                (cas.is_ok(), create.is_ok(), token.is_ok())
             })
         })
         .collect();
-    let (mut cas_wins, mut create_wins) = (0, 0);
+    let (mut cas_wins, mut create_wins, mut token_wins) = (0, 0, 0);
     for t in tasks {
-        let (c, v) = t.await.expect("task");
+        let (c, v, k) = t.await.expect("task");
         cas_wins += usize::from(c);
         create_wins += usize::from(v);
+        token_wins += usize::from(k);
     }
-    assert_eq!((cas_wins, create_wins), (1, 1));
+    assert_eq!((cas_wins, create_wins, token_wins), (1, 1, 1));
 }
 
 #[tokio::test]
@@ -471,6 +631,78 @@ async fn sqlite_reports_corrupt_records_and_newer_schemas() {
 }
 
 #[tokio::test]
+async fn sqlite_token_rows_and_older_files() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("meta.db");
+    let store = SqliteStore::open(&path).await.expect("open");
+    store
+        .create_token(&token("t1", 1, 10))
+        .await
+        .expect("create");
+    drop(store);
+
+    // The stored form: the hash in its own column beside the JSON, no secret anywhere.
+    let conn = rusqlite::Connection::open(&path).expect("raw open");
+    let (h, json): (String, String) = conn
+        .query_row("SELECT hash, json FROM tokens WHERE id = 't1'", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .expect("token row");
+    assert_eq!(h, hash(1));
+    let value: serde_json::Value = serde_json::from_str(&json).expect("token JSON");
+    assert_eq!(value["hash"], hash(1).as_str());
+
+    // A record written without the optional fields still decodes.
+    conn.execute(
+        "INSERT INTO tokens (id, hash, json) VALUES ('old', ?1, ?2)",
+        rusqlite::params![
+            hash(2),
+            format!(
+                r#"{{"id":"old","name":"n","hash":"{}","scopes":["admin"],"created_unix_ms":5}}"#,
+                hash(2)
+            )
+        ],
+    )
+    .expect("insert an older record");
+    // A file from before tokens existed gains the table when opened; its version stays 1.
+    let dir2 = tempfile::tempdir().expect("temp dir");
+    let old_path = dir2.path().join("old.db");
+    drop(SqliteStore::open(&old_path).await.expect("create old file"));
+    let old = rusqlite::Connection::open(&old_path).expect("raw open old");
+    old.execute("DROP TABLE tokens", []).expect("drop tokens");
+    drop(old);
+
+    let store = SqliteStore::open(&path).await.expect("reopen");
+    let older = store
+        .get_token_by_hash(&hash(2))
+        .await
+        .expect("get")
+        .expect("older record found");
+    assert_eq!((older.prefix, older.expires_unix_ms), (None, None));
+    assert_eq!(
+        store
+            .list_tokens()
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|t| t.id)
+            .collect::<Vec<_>>(),
+        ["old", "t1"]
+    );
+
+    let upgraded = SqliteStore::open(&old_path).await.expect("open old file");
+    upgraded
+        .create_token(&token("t1", 1, 10))
+        .await
+        .expect("tokens work in an older file");
+    let version: i64 = rusqlite::Connection::open(&old_path)
+        .expect("raw open old")
+        .query_row("SELECT max(version) FROM schema_version", [], |r| r.get(0))
+        .expect("version");
+    assert_eq!(version, meta::SQLITE_SCHEMA_VERSION);
+}
+
+#[tokio::test]
 async fn etcd_behaviour_and_reconnect() {
     let mut cluster = EtcdCluster::start().await;
     let spec = meta::parse_spec(&format!("etcd:{}", cluster.endpoints().join(","))).expect("spec");
@@ -502,6 +734,49 @@ async fn etcd_behaviour_and_reconnect() {
     .expect("raw put");
     assert_err!(reconnected.get_video("bad").await, MetaError::Corrupt(_));
     assert_err!(reconnected.list_videos().await, MetaError::Corrupt(_));
+
+    // A token's stored form: the record under `tokens/`, its hash key holding the id.
+    let hash_key = |h: &str| format!("{}token-hashes/{h}", meta::ETCD_PREFIX);
+    let resp = raw.get(hash_key(&hash(1)), None).await.expect("raw get");
+    assert_eq!(resp.kvs().first().map(|kv| kv.value()), Some(&b"tb"[..]));
+    // A hash key that does not lead back to a record with that hash grants nothing.
+    raw.put(hash_key(&hash(200)), "tb", None)
+        .await
+        .expect("raw put");
+    raw.put(hash_key(&hash(201)), "ghost", None)
+        .await
+        .expect("raw put");
+    for h in [200, 201] {
+        assert_eq!(
+            reconnected.get_token_by_hash(&hash(h)).await.expect("get"),
+            None
+        );
+    }
+    // An unreadable token record is reported, and can still be revoked.
+    raw.put(
+        format!("{}tokens/bad", meta::ETCD_PREFIX),
+        "{not json",
+        None,
+    )
+    .await
+    .expect("raw put");
+    raw.put(hash_key(&hash(202)), "bad", None)
+        .await
+        .expect("raw put");
+    assert_err!(reconnected.list_tokens().await, MetaError::Corrupt(_));
+    assert_err!(
+        reconnected.get_token_by_hash(&hash(202)).await,
+        MetaError::Corrupt(_)
+    );
+    assert!(reconnected.delete_token("bad").await.expect("delete bad"));
+    assert_eq!(
+        reconnected
+            .get_token_by_hash(&hash(202))
+            .await
+            .expect("get"),
+        None
+    );
+    assert_eq!(reconnected.list_tokens().await.expect("list"), before.4);
 
     cluster.stop(&[0, 1, 2]).await;
 }

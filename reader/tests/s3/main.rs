@@ -648,6 +648,12 @@ async fn client_disconnect_leaves_nothing() {
     put_and_disconnect(reader.proc.addr, &path, 1 << 30, 20 * MIB).await;
     s3.assert_no_leftovers("client gone mid-stage").await;
     assert!(s3.objects().is_empty(), "{:?}", s3.objects());
+    // The reader notices the cut when its read of the body fails, which may come just after the client's
+    // socket closed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !reader.proc.log().contains("staging failed") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(
         reader.proc.log().contains("staging failed"),
         "{}",
