@@ -102,6 +102,11 @@ Try:
   curl http://$disk/files/os-release                        # the disk reader's copy
   $BIN/storage-node admin list $baddr
 
+This demo listens on loopback only and asks for no token. To require tokens, give the broadcaster an admin
+token file (32+ characters) and restart: BROADCASTER_ADMIN_TOKEN_FILE=/path/to/token (then
+'curl -H "Authorization: Bearer \$(cat /path/to/token)" ...', or sign in at http://$baddr/signin).
+Serving other machines also needs DISTRIBUTARY_CLUSTER_SECRET_FILE on every service: README.md, "Security".
+
 Ctrl-C stops everything.
 MSG
 

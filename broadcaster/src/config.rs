@@ -39,6 +39,11 @@ pub const DEFAULT_ORPHAN_GRACE_SECS: u64 = 3600;
 pub const DEFAULT_REPAIR_INTERVAL_SECS: u64 = 86_400;
 /// A live upload's lease lapses this long after its broadcaster stopped renewing it.
 pub const DEFAULT_LEASE_TTL_SECS: u64 = 60;
+/// Uploads in progress at once; each holds about BUFFER_SIZE × QUEUE_DEPTH of memory and a connection per
+/// target.
+pub const DEFAULT_MAX_UPLOADS: usize = 64;
+/// An upload whose client sends nothing for this long is cut.
+pub const DEFAULT_BODY_IDLE_TIMEOUT_SECS: u64 = 30;
 /// Holds `package.json` and `node_modules/` with the dash.js player the watch page loads.
 pub const DEFAULT_WEB_DIR: &str = "./web";
 
@@ -98,6 +103,15 @@ pub struct Config {
     pub auth: AuthMode,
     /// Read routes need no token (`BROADCASTER_PUBLIC_READ`).
     pub public_read: bool,
+    /// Uploads in progress at once; more are refused with 503 and `Retry-After`.
+    pub max_uploads: usize,
+    /// An upload body that sends nothing for this long is cut and aborted everywhere.
+    pub body_idle_timeout: Duration,
+    /// The listener: TLS (`BROADCASTER_TLS_CERT_FILE`, `BROADCASTER_TLS_KEY_FILE`) and connection limits
+    /// (`BROADCASTER_HEADER_TIMEOUT_SECS`, `BROADCASTER_KEEP_ALIVE_SECS`, `BROADCASTER_MAX_CONNECTIONS`, `BROADCASTER_H2_MAX_STREAMS`).
+    pub server: common::server::ServerOptions,
+    /// The CA bundle `https://` peers are verified against (`DISTRIBUTARY_TLS_CA_FILE`).
+    pub tls_ca: Option<common::tls::CaBundle>,
 }
 
 /// Every variable this service reads; any other `BROADCASTER_*` variable stops it at start (a typo must not
@@ -128,6 +142,14 @@ pub const VARS: &[&str] = &[
     "BROADCASTER_ADMIN_TOKEN_FILE",
     "BROADCASTER_AUTH",
     "BROADCASTER_PUBLIC_READ",
+    "BROADCASTER_MAX_UPLOADS",
+    "BROADCASTER_BODY_IDLE_TIMEOUT_SECS",
+    "BROADCASTER_TLS_CERT_FILE",
+    "BROADCASTER_TLS_KEY_FILE",
+    "BROADCASTER_HEADER_TIMEOUT_SECS",
+    "BROADCASTER_KEEP_ALIVE_SECS",
+    "BROADCASTER_MAX_CONNECTIONS",
+    "BROADCASTER_H2_MAX_STREAMS",
 ];
 
 #[derive(Debug, Default, Deserialize)]
@@ -157,6 +179,14 @@ struct RawConfig {
     admin_token_file: Option<String>,
     auth: Option<String>,
     public_read: Option<String>,
+    max_uploads: Option<String>,
+    body_idle_timeout_secs: Option<String>,
+    tls_cert_file: Option<String>,
+    tls_key_file: Option<String>,
+    header_timeout_secs: Option<String>,
+    keep_alive_secs: Option<String>,
+    max_connections: Option<String>,
+    h2_max_streams: Option<String>,
 }
 
 impl Config {
@@ -169,8 +199,12 @@ impl Config {
     pub fn from_vars<I: IntoIterator<Item = (String, String)>>(vars: I) -> Result<Self, EnvError> {
         let vars: Vec<(String, String)> = vars.into_iter().collect();
         let secret = common::cluster::ClusterSecret::from_vars(&vars)?;
+        let tls_ca = common::tls::CaBundle::from_vars(&vars)?;
         let mut config = Self::try_from(env::load::<RawConfig>("BROADCASTER_", VARS, vars)?)?;
         config.cluster_secret = secret;
+        // The storage ring's node client is built far from this config: it takes the installed bundle.
+        common::tls::install_client_ca(tls_ca.as_ref());
+        config.tls_ca = tls_ca;
         Ok(config)
     }
 }
@@ -359,7 +393,32 @@ impl TryFrom<RawConfig> for Config {
                 DEFAULT_LEASE_TTL_SECS,
                 3,
             )?,
+            max_uploads: env::number(
+                "BROADCASTER_MAX_UPLOADS",
+                raw.max_uploads.as_deref(),
+                DEFAULT_MAX_UPLOADS,
+                1,
+                100_000,
+            )?,
+            body_idle_timeout: secs(
+                "BROADCASTER_BODY_IDLE_TIMEOUT_SECS",
+                raw.body_idle_timeout_secs.as_deref(),
+                DEFAULT_BODY_IDLE_TIMEOUT_SECS,
+                1,
+            )?,
             cluster_secret: None,
+            server: common::server::ServerOptions::parse(
+                "BROADCASTER_",
+                common::server::ServerVars {
+                    tls_cert_file: raw.tls_cert_file.as_deref(),
+                    tls_key_file: raw.tls_key_file.as_deref(),
+                    header_timeout_secs: raw.header_timeout_secs.as_deref(),
+                    keep_alive_secs: raw.keep_alive_secs.as_deref(),
+                    max_connections: raw.max_connections.as_deref(),
+                    h2_max_streams: raw.h2_max_streams.as_deref(),
+                },
+            )?,
+            tls_ca: None,
             admin_token,
             auth,
             public_read,

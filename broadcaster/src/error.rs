@@ -22,6 +22,8 @@ pub enum BroadcastError {
     Multipart(String),
     #[error("multipart body has no `file` field with a filename")]
     NoFileField,
+    #[error("the broadcaster is at its limit of {0} uploads at once; try again shortly")]
+    Busy(usize),
     #[error("internal error")]
     Internal(String),
     #[error(transparent)]
@@ -36,7 +38,7 @@ impl BroadcastError {
             | Self::BadContentLength
             | Self::Multipart(_)
             | Self::NoFileField => StatusCode::BAD_REQUEST,
-            Self::NoTargets => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoTargets | Self::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Internal(_) | Self::Ring(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -51,13 +53,20 @@ impl IntoResponse for BroadcastError {
         if let Self::Internal(detail) = &self {
             tracing::error!(%detail, "internal error");
         }
-        (
+        let mut resp = (
             self.status(),
             Json(ErrorBody {
                 error: self.to_string(),
             }),
         )
-            .into_response()
+            .into_response();
+        if matches!(self, Self::Busy(_)) {
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("5"),
+            );
+        }
+        resp
     }
 }
 

@@ -96,6 +96,9 @@ pub struct Engine {
     config: Arc<Config>,
     client: reqwest::Client,
     cluster: Arc<Cluster>,
+    /// One permit per upload in progress (`BROADCASTER_MAX_UPLOADS`): each holds buffers and a
+    /// connection per target, so beyond the cap new uploads are refused with 503 instead of piling up.
+    uploads: Arc<tokio::sync::Semaphore>,
 }
 
 /// A message on a target's queue. The stream ends cleanly only on `End`; a queue dropped without it makes
@@ -214,20 +217,37 @@ impl Engine {
 
     /// Builds the engine and its HTTP client.
     pub fn new(config: Arc<Config>, cluster: Arc<Cluster>) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             .tcp_nodelay(true)
             // HTTP/1.1: one connection per upload stream, no HTTP/2 flow-control window capping throughput.
             .http1_only()
+            // Below the targets' keep-alive timeout: the pool drops a connection before the target does.
             .pool_idle_timeout(Duration::from_secs(30))
             // A target answering 3xx must not send the upload, or the broadcaster, anywhere else.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
+            .redirect(reqwest::redirect::Policy::none());
+        // `https://` targets are verified against `DISTRIBUTARY_TLS_CA_FILE` when it is set.
+        let client = common::tls::trust(builder, config.tls_ca.as_ref()).build()?;
         Ok(Self {
+            uploads: Arc::new(tokio::sync::Semaphore::new(config.max_uploads)),
             config,
             client,
             cluster,
         })
+    }
+
+    /// A slot for one upload, or [`crate::error::BroadcastError::Busy`] when every slot is taken.
+    pub fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, crate::error::BroadcastError> {
+        self.uploads.clone().try_acquire_owned().map_err(|_| {
+            metrics::counter!("distributary_uploads_refused_busy_total").increment(1);
+            crate::error::BroadcastError::Busy(self.config.max_uploads)
+        })
+    }
+
+    /// Uploads in progress, and the most allowed at once.
+    pub fn load(&self) -> (usize, usize) {
+        let max = self.config.max_uploads;
+        (max - self.uploads.available_permits(), max)
     }
 
     /// The storage ring.
@@ -279,6 +299,8 @@ impl Engine {
         let mut total = 0u64;
         let mut buf = BytesMut::with_capacity(cfg.buffer_size);
 
+        // A client that stops sending for this long is gone: its slot and its targets' staging are freed.
+        let body = common::guard::IdleTimeout::new(Box::pin(body), cfg.body_idle_timeout);
         futures_util::pin_mut!(body);
         while failure.is_none() {
             let frame = match body.next().await {
@@ -719,6 +741,15 @@ fn describe(e: &reqwest::Error) -> String {
         s.push_str(": ");
         s.push_str(&cause.to_string());
         src = cause.source();
+    }
+    // reqwest names the URL in its messages; a target's credentials must not reach summaries or logs.
+    if let Some(url) = e.url() {
+        if !url.username().is_empty() || url.password().is_some() {
+            let mut shown = url.clone();
+            let _ = shown.set_username("");
+            let _ = shown.set_password(None);
+            s = s.replace(url.as_str(), shown.as_str());
+        }
     }
     s
 }

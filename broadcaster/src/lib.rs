@@ -9,7 +9,8 @@
 //! - [`routes`]: the HTTP surface.
 //! - [`error`]: requests refused at the edge.
 //! - [`ring`]: the storage ring: layout in the metadata store, placement, reads with fallback, migration.
-//! - [`admin`]: ring membership, repair and sweep API used by `storage-node admin`.
+//! - [`admin`]: ring membership, repair, sweep and token API used by `storage-node admin`.
+//! - [`auth`]: tokens, scopes, the sign-in cookie, CSRF and Host checks.
 //! - [`housekeeping`]: the background sweep and repair workers.
 //! - [`web`]: the web site: `GET /`, `GET /videos/{id}`, `/assets/*`.
 //! - [`video`]: `POST /upload`: a video fanned out, transcoded by a dash reader, listed once playable.
@@ -18,6 +19,7 @@
 //! [`run`] serves a bound listener until a cancellation token fires; `main.rs` and the tests both call it.
 
 pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod content;
 pub mod error;
@@ -87,7 +89,18 @@ pub async fn run(
     housekeeping::spawn(cluster.clone(), &config, shutdown.clone(), &workers);
     workers.close();
     let engine = fanout::Engine::new(Arc::new(config), cluster)?;
-    let served = common::server::serve(listener, routes::app(engine), shutdown, grace).await;
+    let served = common::server::serve(
+        listener,
+        routes::app(engine.clone()),
+        common::server::ServerOptions {
+            // `/metrics` is an admin route here, behind the same authentication as the rest.
+            app_serves_metrics: true,
+            ..engine.config().server.clone()
+        },
+        shutdown,
+        grace,
+    )
+    .await;
     workers.wait().await;
     served?;
     Ok(())

@@ -16,8 +16,21 @@ use common::protocol::VideoMode;
 
 /// Builds the router.
 pub fn app(engine: Engine) -> Router {
+    let auth = std::sync::Arc::new(crate::auth::Auth::new(
+        engine.config(),
+        engine.cluster().meta().clone(),
+        engine.config().server.tls.is_some(),
+    ));
+    let signin = Router::new()
+        .route(
+            "/signin",
+            get(crate::auth::signin_form).post(crate::auth::signin),
+        )
+        .route("/signout", post(crate::auth::signout))
+        .with_state(auth.clone());
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(common::metrics::render))
         .route("/broadcast/{name}", put(put_broadcast))
         .route(
             "/broadcast/",
@@ -38,6 +51,28 @@ pub fn app(engine: Engine) -> Router {
         // Upload bodies are streamed, never collected, so the whole-body limit is off.
         .layer(DefaultBodyLimit::disable())
         .with_state(engine)
+        .merge(signin)
+        .layer(axum::middleware::from_fn(common::guard::guard_multipart))
+        .layer(axum::Extension(auth.clone()))
+        .layer(axum::middleware::from_fn_with_state(
+            auth,
+            crate::auth::authenticate,
+        ))
+        .layer(axum::middleware::map_response(crate::web::security_headers))
+}
+
+/// `GET /healthz`: 200 `ok`, or 503 while every upload slot is taken (a load balancer should send new
+/// uploads elsewhere).
+async fn healthz(State(engine): State<Engine>) -> Response {
+    let (active, max) = engine.load();
+    if active >= max {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("saturated: {active} of {max} upload slots in use\n"),
+        )
+            .into_response();
+    }
+    "ok".into_response()
 }
 
 async fn not_found() -> Response {
@@ -76,7 +111,7 @@ async fn put_broadcast(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, BroadcastError> {
-    common::name::validate_name(&name)?;
+    let name = common::name::normalize_name(&name)?;
     check_ready(&engine)?;
     let expected_sha256 = common::digest::expected_sha256(&headers)?;
     let declared_len = declared_len(&headers)?;
@@ -93,7 +128,11 @@ async fn put_broadcast(
     };
     // The fan-out runs in its own task so that a client hanging up cannot cancel it halfway: it sees the
     // body fail and aborts every target cleanly.
-    let task = tokio::spawn(async move { engine.run(req, body.into_data_stream()).await });
+    let slot = engine.admit()?;
+    let task = tokio::spawn(async move {
+        let _slot = slot;
+        engine.run(req, body.into_data_stream()).await
+    });
     let done = task
         .await
         .map_err(|e| BroadcastError::Internal(e.to_string()))?;
@@ -104,6 +143,7 @@ async fn put_broadcast(
 /// `X-Content-SHA256` names the file's digest; `Content-Digest` would describe the multipart body, not the file.
 async fn post_broadcast(
     State(engine): State<Engine>,
+    principal: Option<axum::Extension<crate::auth::Principal>>,
     headers: HeaderMap,
     form: Multipart,
 ) -> Result<Response, BroadcastError> {
@@ -113,7 +153,9 @@ async fn post_broadcast(
         only_hex.insert("x-content-sha256", v.clone());
     }
     let expected_sha256 = common::digest::expected_sha256(&only_hex)?;
+    let slot = engine.admit()?;
     let task = tokio::spawn(async move {
+        let _slot = slot;
         let mut form = form;
         while let Some(field) = form
             .next_field()
@@ -123,24 +165,30 @@ async fn post_broadcast(
             if field.name() != Some("file") {
                 continue;
             }
-            let name = field
-                .file_name()
-                .ok_or(BroadcastError::NoFileField)?
-                .to_owned();
-            common::name::validate_name(&name)?;
+            let name = field.file_name().ok_or(BroadcastError::NoFileField)?;
+            let name = common::name::normalize_name(name)?;
+            if let Some(axum::Extension(p)) = &principal {
+                if let Err(denied) = p.check(crate::auth::Scope::Upload, Some(&name)) {
+                    return Ok(Err(denied.into_response()));
+                }
+            }
             let req = UploadRequest {
                 name,
                 expected_sha256,
                 declared_len: None,
                 video: VideoMode::Skip,
             };
-            return Ok(engine.run(req, field.map_err(|e| e.body_text())).await);
+            return Ok(Ok(engine.run(req, field.map_err(|e| e.body_text())).await));
         }
         Err(BroadcastError::NoFileField)
     });
-    let done = task
+    let done = match task
         .await
-        .map_err(|e| BroadcastError::Internal(e.to_string()))??;
+        .map_err(|e| BroadcastError::Internal(e.to_string()))??
+    {
+        Ok(done) => done,
+        Err(refused) => return Ok(refused),
+    };
     Ok(respond(StatusCode::OK, done.summary, done.failure))
 }
 
@@ -182,6 +230,10 @@ async fn get_file(
         return Ok(not_found().await);
     };
     let etag = format!("\"{}\"", record.sha256);
+    let forbid_rendering = (
+        header::CONTENT_SECURITY_POLICY,
+        axum::http::HeaderValue::from_static("default-src 'none'; sandbox"),
+    );
     let (status, out, start, count) =
         match common::serve::prepare(&headers, &etag, record.size, "application/octet-stream") {
             common::serve::Prepared::Done(resp) => return Ok(*resp),
@@ -192,6 +244,9 @@ async fn get_file(
                 count,
             } => (status, headers, start, count),
         };
+    let mut out = out;
+    // Whatever the bytes are, a browser never runs them as a page of this origin.
+    out.insert(forbid_rendering.0, forbid_rendering.1);
     if method == Method::HEAD || count == 0 {
         return Ok((status, out).into_response());
     }

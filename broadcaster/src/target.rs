@@ -73,8 +73,18 @@ impl Target {
             return Err(malformed());
         }
         let base = parsed.as_str().trim_end_matches('/').to_owned();
+        // Credentials in the URL are used (reqwest sends them as Basic auth) but never shown: the label
+        // is what summaries, metrics and logs print.
+        let label = if parsed.username().is_empty() && parsed.password().is_none() {
+            item.to_owned()
+        } else {
+            let mut shown = parsed.clone();
+            let _ = shown.set_username("");
+            let _ = shown.set_password(None);
+            shown.as_str().trim_end_matches('/').to_owned()
+        };
         Ok(Target {
-            label: item.to_owned(),
+            label,
             base,
             is_ring: false,
         })
@@ -127,6 +137,14 @@ mod tests {
         assert!(Target::parse_list("a:1;a:1").is_err());
         assert!(Target::parse_list("ring;h:1").expect("ring")[0].is_ring);
         assert!(Target::parse_list("ring;RING").is_err());
+    }
+
+    #[test]
+    fn credentials_are_never_in_the_label() {
+        let t = &Target::parse_list("http://user:hunter2@r.example:8081").expect("ok")[0];
+        assert_eq!(t.label, "http://r.example:8081");
+        assert!(!format!("{t}").contains("hunter2"));
+        assert!(t.base.contains("hunter2"), "still used to authenticate");
     }
 
     #[test]

@@ -54,6 +54,7 @@ impl IntoResponse for UploadError {
 /// Handles the web form's upload; 303 to `/` once the video is playable.
 pub async fn post_upload(
     State(engine): State<Engine>,
+    principal: Option<axum::Extension<crate::auth::Principal>>,
     headers: HeaderMap,
     form: Multipart,
 ) -> Response {
@@ -71,7 +72,15 @@ pub async fn post_upload(
     };
     // The work runs in its own task so that a browser closing the tab mid-upload cannot cancel it halfway:
     // it sees the body fail and cleans up.
-    let task = tokio::spawn(async move { upload(engine, form).await });
+    let principal = principal.map(|p| p.0);
+    let slot = match engine.admit() {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
+    let task = tokio::spawn(async move {
+        let _slot = slot;
+        upload(engine, principal, form).await
+    });
     match task.await {
         Ok(Ok(id)) => {
             tracing::info!(%id, "video ready");
@@ -85,7 +94,11 @@ pub async fn post_upload(
     }
 }
 
-async fn upload(engine: Engine, mut form: Multipart) -> Result<String, (StatusCode, String)> {
+async fn upload(
+    engine: Engine,
+    principal: Option<crate::auth::Principal>,
+    mut form: Multipart,
+) -> Result<String, (StatusCode, String)> {
     let bad = |m: String| (StatusCode::BAD_REQUEST, m);
     let field = loop {
         let field = form
@@ -101,9 +114,18 @@ async fn upload(engine: Engine, mut form: Multipart) -> Result<String, (StatusCo
     if name.is_empty() {
         return Err(bad("no file was chosen".into()));
     }
-    common::name::validate_name(&name).map_err(|e| bad(format!("bad file name: {e}")))?;
+    let name =
+        common::name::normalize_name(&name).map_err(|e| bad(format!("bad file name: {e}")))?;
     let id = common::name::video_id(&name).map_err(|e| bad(format!("bad video id: {e}")))?;
-    if id.starts_with("raw.") {
+    if let Some(p) = &principal {
+        if !p.allows(crate::auth::Scope::Upload, Some(&id)) {
+            return Err((
+                StatusCode::FORBIDDEN,
+                format!("this token may not upload a video named `{id}`"),
+            ));
+        }
+    }
+    if id.starts_with("raw.") || id == "raw" {
         // `raw.*` names the ring's chunks of raw uploads.
         return Err(bad("video ids may not start with `raw.`".into()));
     }

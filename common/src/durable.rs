@@ -1,7 +1,9 @@
-//! Durable writes: stream into a staging file on a blocking thread, fsync, then rename into place.
+//! Durable writes: stream into a staging file on the blocking pool, fsync, then rename into place.
 //!
-//! Writing and hashing happen on one blocking thread per upload so the async workers only move `Bytes`
-//! handles; the channel between them holds at most [`WRITE_QUEUE_DEPTH`] chunks, which bounds memory.
+//! Writing and hashing happen on blocking threads so the async workers only move `Bytes` handles; the
+//! channel between them holds at most [`WRITE_QUEUE_DEPTH`] chunks, which bounds memory. A thread is held
+//! only while a batch of chunks is written ([`drain_to`]), never while an upload waits for the network,
+//! so a thousand idle uploads cannot exhaust the pool and starve everything else.
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
@@ -45,24 +47,57 @@ impl Drop for RemoveOnDrop {
     }
 }
 
+/// Feeds the chunks arriving on `rx` to `write` on the blocking pool, a batch (up to
+/// [`WRITE_QUEUE_DEPTH`] chunks) at a time, until the channel closes; returns the final state. Waiting for
+/// chunks happens on the async side, so no thread is held by an idle upload.
+pub async fn drain_to<S, F>(mut state: S, mut rx: mpsc::Receiver<Bytes>, write: F) -> io::Result<S>
+where
+    S: Send + 'static,
+    F: Fn(&mut S, &[u8]) -> io::Result<()> + Send + Copy + 'static,
+{
+    while let Some(first) = rx.recv().await {
+        let mut batch = Vec::with_capacity(WRITE_QUEUE_DEPTH);
+        batch.push(first);
+        while batch.len() < WRITE_QUEUE_DEPTH {
+            match rx.try_recv() {
+                Ok(c) => batch.push(c),
+                Err(_) => break,
+            }
+        }
+        state = tokio::task::spawn_blocking(move || {
+            for c in &batch {
+                write(&mut state, c)?;
+            }
+            Ok::<_, io::Error>(state)
+        })
+        .await
+        .map_err(io::Error::other)??;
+    }
+    Ok(state)
+}
+
 impl StagingWriter {
-    /// Creates `path` (which must not exist) and starts its writer thread with a `buf_size` write buffer.
+    /// Creates `path` (which must not exist) and starts its writer with a `buf_size` write buffer.
     pub fn create(path: PathBuf, buf_size: usize) -> io::Result<Self> {
         let file = File::options().write(true).create_new(true).open(&path)?;
         let guard = RemoveOnDrop(Some(path));
-        let (tx, mut rx) = mpsc::channel::<Bytes>(WRITE_QUEUE_DEPTH);
-        let thread = tokio::task::spawn_blocking(move || {
-            let mut out = BufWriter::with_capacity(buf_size, file);
-            let mut hasher = Xxh3::new();
-            let mut len = 0u64;
-            while let Some(chunk) = rx.blocking_recv() {
-                hasher.update(&chunk);
-                out.write_all(&chunk)?;
-                len += chunk.len() as u64;
-            }
-            let file = out.into_inner().map_err(|e| e.into_error())?;
-            file.sync_all()?;
-            Ok((len, hasher.digest128()))
+        let (tx, rx) = mpsc::channel::<Bytes>(WRITE_QUEUE_DEPTH);
+        let thread = tokio::spawn(async move {
+            let start = (BufWriter::with_capacity(buf_size, file), Xxh3::new(), 0u64);
+            let (out, hasher, len) = drain_to(start, rx, |(out, hasher, len), chunk| {
+                hasher.update(chunk);
+                out.write_all(chunk)?;
+                *len += chunk.len() as u64;
+                Ok(())
+            })
+            .await?;
+            tokio::task::spawn_blocking(move || {
+                let file = out.into_inner().map_err(|e| e.into_error())?;
+                file.sync_all()?;
+                Ok((len, hasher.digest128()))
+            })
+            .await
+            .map_err(io::Error::other)?
         });
         Ok(Self {
             tx: Some(tx),
@@ -181,6 +216,26 @@ pub fn sweep_older_than(dir: &Path, ttl: Duration) -> io::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cleaning_staging_never_follows_a_symlink() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let outside = dir.path().join("precious");
+        fs::create_dir_all(outside.join("sub")).expect("outside dir");
+        fs::write(outside.join("keep.txt"), b"keep").expect("outside file");
+        let staging = dir.path().join("staging");
+        fs::create_dir_all(&staging).expect("staging");
+        std::os::unix::fs::symlink(&outside, staging.join("link-to-dir")).expect("dir link");
+        std::os::unix::fs::symlink(outside.join("keep.txt"), staging.join("link-to-file"))
+            .expect("file link");
+        assert_eq!(clean_dir(&staging).expect("clean"), 2);
+        assert_eq!(
+            sweep_older_than(&staging, Duration::ZERO).expect("sweep"),
+            0
+        );
+        assert!(outside.join("keep.txt").exists() && outside.join("sub").exists());
+        assert!(fs::read_dir(&staging).expect("read").next().is_none());
+    }
 
     #[tokio::test]
     async fn stage_commit_and_drop() {

@@ -151,6 +151,14 @@ fn plan_range(headers: &HeaderMap, etag: &str, len: u64) -> RangePlan {
             return RangePlan::Full;
         }
     }
+    // An empty representation has no byte to satisfy any range with (RFC 9110 §14.1.1); the parser's
+    // arithmetic would otherwise compute a last byte of -1 (found by fuzzing).
+    if len == 0 {
+        return match http_range_header::parse_range_header(range) {
+            Ok(_) => RangePlan::Unsatisfiable,
+            Err(_) => RangePlan::Full,
+        };
+    }
     let ranges = match http_range_header::parse_range_header(range) {
         Ok(parsed) => match parsed.validate(len) {
             Ok(r) => r,
@@ -160,8 +168,56 @@ fn plan_range(headers: &HeaderMap, etag: &str, len: u64) -> RangePlan {
         Err(_) => return RangePlan::Full,
     };
     match ranges.as_slice() {
-        [one] => RangePlan::Partial(*one.start(), *one.end()),
+        [one] if one.start() <= one.end() && *one.end() < len => {
+            RangePlan::Partial(*one.start(), *one.end())
+        }
+        [_] => RangePlan::Unsatisfiable,
         // Several ranges would need multipart/byteranges; serving the whole file is allowed instead.
         _ => RangePlan::Full,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(range: &str, len: u64) -> Option<(StatusCode, u64, u64)> {
+        let mut h = HeaderMap::new();
+        h.insert(header::RANGE, HeaderValue::from_str(range).expect("header"));
+        match prepare(&h, "\"e\"", len, "application/octet-stream") {
+            Prepared::Done(resp) => Some((resp.status(), 0, 0)),
+            Prepared::Send {
+                status,
+                start,
+                count,
+                ..
+            } => Some((status, start, count)),
+        }
+    }
+
+    /// Regressions found by the `range` fuzz target: a range of an empty file.
+    #[test]
+    fn ranges_of_an_empty_file_are_unsatisfiable() {
+        for r in ["bytes=0-0", "bytes=0-99", "bytes=0-", "bytes=-5"] {
+            let (status, _, _) = plan(r, 0).expect("plan");
+            assert_eq!(status, StatusCode::RANGE_NOT_SATISFIABLE, "{r}");
+        }
+        assert_eq!(plan("not a range", 0).expect("plan").0, StatusCode::OK);
+    }
+
+    #[test]
+    fn ranges_stay_within_the_file() {
+        assert_eq!(
+            plan("bytes=2-5", 10),
+            Some((StatusCode::PARTIAL_CONTENT, 2, 4))
+        );
+        assert_eq!(
+            plan("bytes=5-", 10),
+            Some((StatusCode::PARTIAL_CONTENT, 5, 5))
+        );
+        assert_eq!(
+            plan("bytes=10-12", 10).expect("plan").0,
+            StatusCode::RANGE_NOT_SATISFIABLE
+        );
     }
 }

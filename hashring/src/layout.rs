@@ -114,14 +114,16 @@ impl Layout {
     }
 }
 
-/// Accepts `host:port`: a non-empty host without spaces or slashes and a port that parses as a `u16`.
+/// Accepts `host:port` (a node serving plain HTTP) or `https://host:port` (a node serving HTTPS): a
+/// non-empty host without spaces or slashes and a port that parses as a `u16`, nothing after the port.
 /// An IPv6 host must be bracketed (`[::1]:8090`) so that the port is unambiguous.
 pub fn validate_node(node: &str) -> Result<(), RingError> {
     let bad = |reason: &str| RingError::BadNode {
         node: node.to_owned(),
         reason: reason.to_owned(),
     };
-    let Some((host, port)) = node.rsplit_once(':') else {
+    let addr = node.strip_prefix("https://").unwrap_or(node);
+    let Some((host, port)) = addr.rsplit_once(':') else {
         return Err(bad("no port"));
     };
     if host.is_empty() {
@@ -133,7 +135,7 @@ pub fn validate_node(node: &str) -> Result<(), RingError> {
     if port.parse::<u16>().is_err() {
         return Err(bad("port is out of range"));
     }
-    if node
+    if addr
         .chars()
         .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '/' | '\\' | '?' | '#' | '@'))
     {
@@ -165,6 +167,9 @@ mod tests {
             "localhost:65535",
             "[::1]:8090",
             "h:0",
+            "https://storage-1:8443",
+            "https://127.0.0.1:1",
+            "https://[::1]:8090",
         ] {
             assert_eq!(validate_node(ok), Ok(()), "{ok}");
         }
@@ -184,6 +189,14 @@ mod tests {
             "[]:80",
             "h:80 ",
             "user@h:80",
+            "https://",
+            "https://h",
+            "https://:80",
+            "https://h:80/",
+            "https://h:80/x",
+            "https://user@h:80",
+            "HTTPS://h:80",
+            "https://https://h:80",
         ] {
             assert!(
                 matches!(validate_node(bad), Err(RingError::BadNode { .. })),

@@ -1,5 +1,5 @@
 //! Prints the exact ffmpeg command the dash reader runs for a file: probes it with `reader::dash::probe`,
-//! chooses the ladder with `reader::dash::ladder`, and builds the arguments with `reader::dash::ffmpeg_args`.
+//! chooses the ladder with `reader::dash::ladder`, and builds the arguments with `reader::dash::ffmpeg_args_probed` (as the reader runs them).
 //! `bench/video.sh` runs that command as its bare-ffmpeg baseline.
 //!
 //! ```text
@@ -106,7 +106,7 @@ async fn main() -> ExitCode {
         },
     );
 
-    let argv = dash::ffmpeg_args(&input, &out_dir, &ladder, probe.has_audio, &opts);
+    let argv = dash::ffmpeg_args_probed(&input, &out_dir, &ladder, &probe, &opts);
     let mut out = std::io::stdout().lock();
     let written = if nul {
         argv.iter().try_for_each(|a| {

@@ -23,6 +23,12 @@ pub const DEFAULT_METADATA: &str = "sqlite:./data/meta.db";
 pub const DEFAULT_TRANSCODE_CONCURRENCY: usize = 1;
 /// x264 preset: `veryfast` keeps a 2-core machine near real time for a 1080p ladder.
 pub const DEFAULT_FFMPEG_PRESET: &str = "veryfast";
+/// Video uploads that may wait (being received, probed, or queued) beside those transcoding; more get 503.
+pub const DEFAULT_TRANSCODE_QUEUE: usize = 8;
+/// Longest `READER_MAX_VIDEO_SECS` / `READER_TRANSCODE_TIMEOUT_SECS` accepted: a week.
+pub const MAX_VIDEO_SECS_LIMIT: u64 = 7 * 24 * 3600;
+/// Largest `READER_MAX_VIDEO_PIXELS` accepted: libx264's 16384×16384.
+pub const MAX_VIDEO_PIXELS_LIMIT: u64 = 16_384 * 16_384;
 
 /// Where a reader puts what it receives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,8 +68,18 @@ pub struct Config {
     pub transcode_concurrency: usize,
     /// x264 preset (dash sink).
     pub ffmpeg_preset: String,
+    /// Video uploads that may wait beside the running transcodes (dash sink); beyond, 503.
+    pub transcode_queue: usize,
+    /// What one video may cost (dash sink): `READER_MAX_VIDEO_SECS`, `READER_MAX_VIDEO_PIXELS`,
+    /// `READER_TRANSCODE_TIMEOUT_SECS`.
+    pub video_limits: crate::dash::Limits,
     /// The S3 target; present exactly when `sink` is [`Sink::S3`].
     pub s3: Option<S3Config>,
+    /// The listener: TLS (`READER_TLS_CERT_FILE`, `READER_TLS_KEY_FILE`) and connection limits
+    /// (`READER_HEADER_TIMEOUT_SECS`, `READER_KEEP_ALIVE_SECS`, `READER_MAX_CONNECTIONS`, `READER_H2_MAX_STREAMS`).
+    pub server: common::server::ServerOptions,
+    /// The CA bundle `https://` peers are verified against (`DISTRIBUTARY_TLS_CA_FILE`).
+    pub tls_ca: Option<common::tls::CaBundle>,
 }
 
 /// Every variable this service reads; any other `READER_*` variable stops it at start (a typo must not
@@ -80,6 +96,10 @@ pub const VARS: &[&str] = &[
     "READER_METADATA",
     "READER_TRANSCODE_CONCURRENCY",
     "READER_FFMPEG_PRESET",
+    "READER_TRANSCODE_QUEUE",
+    "READER_TRANSCODE_TIMEOUT_SECS",
+    "READER_MAX_VIDEO_SECS",
+    "READER_MAX_VIDEO_PIXELS",
     "READER_S3_ENDPOINT",
     "READER_S3_BUCKET",
     "READER_S3_REGION",
@@ -88,6 +108,12 @@ pub const VARS: &[&str] = &[
     "READER_S3_PREFIX",
     "READER_S3_PART_SIZE",
     "READER_S3_CONCURRENCY",
+    "READER_TLS_CERT_FILE",
+    "READER_TLS_KEY_FILE",
+    "READER_HEADER_TIMEOUT_SECS",
+    "READER_KEEP_ALIVE_SECS",
+    "READER_MAX_CONNECTIONS",
+    "READER_H2_MAX_STREAMS",
 ];
 
 #[derive(Debug, Default, Deserialize)]
@@ -103,6 +129,10 @@ struct RawConfig {
     metadata: Option<String>,
     transcode_concurrency: Option<String>,
     ffmpeg_preset: Option<String>,
+    transcode_queue: Option<String>,
+    transcode_timeout_secs: Option<String>,
+    max_video_secs: Option<String>,
+    max_video_pixels: Option<String>,
     s3_endpoint: Option<String>,
     s3_bucket: Option<String>,
     s3_region: Option<String>,
@@ -111,6 +141,12 @@ struct RawConfig {
     s3_prefix: Option<String>,
     s3_part_size: Option<String>,
     s3_concurrency: Option<String>,
+    tls_cert_file: Option<String>,
+    tls_key_file: Option<String>,
+    header_timeout_secs: Option<String>,
+    keep_alive_secs: Option<String>,
+    max_connections: Option<String>,
+    h2_max_streams: Option<String>,
 }
 
 impl Config {
@@ -123,7 +159,11 @@ impl Config {
     pub fn from_vars<I: IntoIterator<Item = (String, String)>>(vars: I) -> Result<Self, EnvError> {
         let vars: Vec<(String, String)> = vars.into_iter().collect();
         let secret = common::cluster::ClusterSecret::from_vars(&vars)?;
+        let tls_ca = common::tls::CaBundle::from_vars(&vars)?;
         let mut config = Self::try_from(env::load::<RawConfig>("READER_", VARS, vars)?)?;
+        // The dash sink's ring client verifies `https://` storage nodes with the installed bundle.
+        common::tls::install_client_ca(tls_ca.as_ref());
+        config.tls_ca = tls_ca;
         common::cluster::require_secret_off_loopback(
             "READER_HTTP_HOST",
             config.http_host,
@@ -198,15 +238,46 @@ impl TryFrom<RawConfig> for Config {
                 ))
             }
         };
+        let video_limits = crate::dash::Limits {
+            max_duration: Duration::from_secs(env::number(
+                "READER_MAX_VIDEO_SECS",
+                raw.max_video_secs.as_deref(),
+                crate::dash::DEFAULT_MAX_VIDEO_SECS,
+                1,
+                MAX_VIDEO_SECS_LIMIT,
+            )?),
+            max_pixels: video_pixels(raw.max_video_pixels.as_deref())?,
+            timeout: transcode_timeout(raw.transcode_timeout_secs.as_deref())?,
+        };
         let s3 = match sink {
             Sink::S3 => Some(S3Config::from_raw(&raw)?),
             Sink::Disk | Sink::Dash => None,
         };
         Ok(Self {
             cluster_secret: None,
+            server: common::server::ServerOptions::parse(
+                "READER_",
+                common::server::ServerVars {
+                    tls_cert_file: raw.tls_cert_file.as_deref(),
+                    tls_key_file: raw.tls_key_file.as_deref(),
+                    header_timeout_secs: raw.header_timeout_secs.as_deref(),
+                    keep_alive_secs: raw.keep_alive_secs.as_deref(),
+                    max_connections: raw.max_connections.as_deref(),
+                    h2_max_streams: raw.h2_max_streams.as_deref(),
+                },
+            )?,
+            tls_ca: None,
             s3,
             metadata,
             ffmpeg_preset,
+            video_limits,
+            transcode_queue: env::number(
+                "READER_TRANSCODE_QUEUE",
+                raw.transcode_queue.as_deref(),
+                DEFAULT_TRANSCODE_QUEUE,
+                0,
+                1024,
+            )?,
             transcode_concurrency: env::number(
                 "READER_TRANSCODE_CONCURRENCY",
                 raw.transcode_concurrency.as_deref(),
@@ -251,6 +322,59 @@ impl TryFrom<RawConfig> for Config {
                 3600,
             )?),
         })
+    }
+}
+
+/// `READER_MAX_VIDEO_PIXELS`: a pixel count (`8294400`) or a frame size (`3840x2160`).
+fn video_pixels(raw: Option<&str>) -> Result<u64, EnvError> {
+    const VAR: &str = "READER_MAX_VIDEO_PIXELS";
+    let Some(v) = raw.map(str::trim).filter(|s| !s.is_empty()) else {
+        return Ok(crate::dash::DEFAULT_MAX_VIDEO_PIXELS);
+    };
+    let bad = || {
+        EnvError::invalid(
+            VAR,
+            v,
+            format_args!(
+                "expected a pixel count or WIDTHxHEIGHT, from 64 to {MAX_VIDEO_PIXELS_LIMIT} pixels \
+                 (e.g. 3840x2160)"
+            ),
+        )
+    };
+    let pixels = match v.split_once(['x', 'X', '×']) {
+        Some((w, h)) => {
+            let w: u64 = w.trim().parse().map_err(|_| bad())?;
+            let h: u64 = h.trim().parse().map_err(|_| bad())?;
+            w.checked_mul(h).ok_or_else(bad)?
+        }
+        None => v.parse().map_err(|_| bad())?,
+    };
+    if (64..=MAX_VIDEO_PIXELS_LIMIT).contains(&pixels) {
+        Ok(pixels)
+    } else {
+        Err(bad())
+    }
+}
+
+/// `READER_TRANSCODE_TIMEOUT_SECS`: `auto` (or unset) for 60 s + 4 × the video's duration, or fixed seconds.
+fn transcode_timeout(raw: Option<&str>) -> Result<crate::dash::TranscodeTimeout, EnvError> {
+    const VAR: &str = "READER_TRANSCODE_TIMEOUT_SECS";
+    match raw.map(str::trim).filter(|s| !s.is_empty()) {
+        None => Ok(crate::dash::TranscodeTimeout::Auto),
+        Some(v) if v.eq_ignore_ascii_case("auto") => Ok(crate::dash::TranscodeTimeout::Auto),
+        Some(v) => match v.parse::<u64>() {
+            Ok(secs) if (1..=MAX_VIDEO_SECS_LIMIT).contains(&secs) => Ok(
+                crate::dash::TranscodeTimeout::Fixed(Duration::from_secs(secs)),
+            ),
+            _ => Err(EnvError::invalid(
+                VAR,
+                v,
+                format_args!(
+                    "expected `auto` (60 s + 4 × the video's duration) or seconds from 1 to \
+                     {MAX_VIDEO_SECS_LIMIT}"
+                ),
+            )),
+        },
     }
 }
 
@@ -474,6 +598,36 @@ mod tests {
         assert_eq!(c.buffer_size, DEFAULT_BUFFER_SIZE);
         assert_eq!(c.sink, Sink::Disk);
         assert_eq!(c.max_upload_bytes, None);
+        assert_eq!(c.transcode_queue, DEFAULT_TRANSCODE_QUEUE);
+        assert_eq!(c.video_limits, crate::dash::Limits::default());
+        assert_eq!(c.video_limits.max_duration, Duration::from_secs(4 * 3600));
+        assert_eq!(c.video_limits.max_pixels, 3840 * 2160);
+        assert_eq!(c.video_limits.timeout, crate::dash::TranscodeTimeout::Auto);
+    }
+
+    #[test]
+    fn video_limits() {
+        let c = cfg(&[
+            ("READER_TRANSCODE_QUEUE", "0"),
+            ("READER_TRANSCODE_TIMEOUT_SECS", "90"),
+            ("READER_MAX_VIDEO_SECS", "600"),
+            ("READER_MAX_VIDEO_PIXELS", "1920x1080"),
+        ])
+        .expect("limits");
+        assert_eq!(c.transcode_queue, 0);
+        assert_eq!(
+            c.video_limits.timeout,
+            crate::dash::TranscodeTimeout::Fixed(Duration::from_secs(90))
+        );
+        assert_eq!(c.video_limits.max_duration, Duration::from_secs(600));
+        assert_eq!(c.video_limits.max_pixels, 1920 * 1080);
+        let c = cfg(&[
+            ("READER_TRANSCODE_TIMEOUT_SECS", "auto"),
+            ("READER_MAX_VIDEO_PIXELS", "2073600"),
+        ])
+        .expect("auto");
+        assert_eq!(c.video_limits.timeout, crate::dash::TranscodeTimeout::Auto);
+        assert_eq!(c.video_limits.max_pixels, 1920 * 1080);
     }
 
     #[test]
@@ -487,6 +641,16 @@ mod tests {
             ("READER_TRANSCODE_CONCURRENCY", "0"),
             ("READER_HTTP_HOST", "not-an-ip"),
             ("READER_DATA_DIR", ""),
+            ("READER_TRANSCODE_QUEUE", "-1"),
+            ("READER_TRANSCODE_QUEUE", "5000"),
+            ("READER_TRANSCODE_TIMEOUT_SECS", "0"),
+            ("READER_TRANSCODE_TIMEOUT_SECS", "soon"),
+            ("READER_TRANSCODE_TIMEOUT_SECS", "99999999"),
+            ("READER_MAX_VIDEO_SECS", "0"),
+            ("READER_MAX_VIDEO_SECS", "4h"),
+            ("READER_MAX_VIDEO_PIXELS", "0"),
+            ("READER_MAX_VIDEO_PIXELS", "4kx2k"),
+            ("READER_MAX_VIDEO_PIXELS", "20000x20000"),
         ] {
             let e = cfg(&[(k, v)]).expect_err(k);
             assert!(e.to_string().contains(k), "{e}");

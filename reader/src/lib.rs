@@ -60,9 +60,15 @@ pub async fn run(
         // The stream protocol, the seed's `POST /upload` and `GET /files` all answer 401 without it.
         app = common::cluster::ClusterGate::new(secret).protect(app);
     }
-    let served = common::server::serve(listener, app, shutdown, config.shutdown_grace)
-        .await
-        .map_err(ReaderError::Io);
+    let served = common::server::serve(
+        listener,
+        app,
+        config.server.clone(),
+        shutdown,
+        config.shutdown_grace,
+    )
+    .await
+    .map_err(ReaderError::Io);
     if let Some(s3) = s3 {
         // Nothing uncommitted stays in the bucket: staged uploads are aborted.
         s3.shutdown().await;
@@ -98,13 +104,16 @@ async fn open_video_sink(
         preset: config.ffmpeg_preset.clone(),
         threads: None,
     };
-    let sink = Arc::new(video::VideoSink::new(
-        config.data_dir.join("staging"),
-        cluster,
-        config.transcode_concurrency,
-        options,
-        config.buffer_size,
-    ));
+    let sink = Arc::new(
+        video::VideoSink::new(
+            config.data_dir.join("staging"),
+            cluster,
+            config.transcode_concurrency,
+            options,
+            config.buffer_size,
+        )
+        .with_limits(video::SinkLimits::from_config(config)),
+    );
     let (me, ttl, stop) = (sink.clone(), config.staging_ttl, shutdown.clone());
     tokio::spawn(async move {
         let period = (ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));

@@ -38,8 +38,10 @@ pub fn app(state: AppState) -> Router {
         .route("/upload", post(seed_upload))
         .route("/files/{name}", get(serve_file).head(serve_file))
         .fallback(not_found)
-        // Upload bodies are streamed to disk, never collected, so the whole-body limit is off.
+        // Upload bodies are streamed to disk, never collected, so the whole-body limit is off; multipart
+        // part headers are capped instead.
         .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn(common::guard::guard_multipart))
         .with_state(state)
 }
 
@@ -63,14 +65,34 @@ async fn stage(
     let mode = VideoMode::parse(headers.get(VIDEO_HEADER).and_then(|v| v.to_str().ok()))
         .ok_or(ReaderError::BadHeader(VIDEO_HEADER))?;
     let report = match (&state.video, &state.s3) {
-        (Some(video), _) => video.stage(&id, &name, mode, body.into_data_stream()).await,
+        (Some(video), _) => {
+            video
+                .stage(
+                    &id,
+                    &name,
+                    mode,
+                    common::guard::idle(body.into_data_stream()),
+                )
+                .await
+        }
         (None, Some(s3)) => {
             let len = headers
                 .get(axum::http::header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-            s3.stage(&id, &name, len, body.into_data_stream()).await
+            s3.stage(
+                &id,
+                &name,
+                len,
+                common::guard::idle(body.into_data_stream()),
+            )
+            .await
         }
-        (None, None) => state.disk.stage(&id, &name, body.into_data_stream()).await,
+        (None, None) => {
+            state
+                .disk
+                .stage(&id, &name, common::guard::idle(body.into_data_stream()))
+                .await
+        }
     };
     match &report {
         Ok(r) => {

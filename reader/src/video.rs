@@ -5,6 +5,12 @@
 //! with R replicas while ffmpeg is still running. The staged report names the files only once all of them are
 //! durable. Phase 2 has nothing left to publish (the broadcaster lists the video); an abort deletes every file
 //! written. Raw uploads (`x-distributary-video: skip`) are only counted and checksummed.
+//!
+//! What one upload may cost is bounded ([`SinkLimits`]): `READER_MAX_UPLOAD_BYTES` while the body streams
+//! (413), admission of at most `READER_TRANSCODE_CONCURRENCY` + `READER_TRANSCODE_QUEUE` video uploads at once
+//! (503 beyond, before any byte is read), and the probe and transcode limits of [`dash::Limits`] (415/422). A
+//! failed transcode removes every file it had put on the ring. Clients get [`dash::DashError::public_message`];
+//! the detail (paths, ffmpeg's stderr) goes to the log.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -21,6 +27,7 @@ use ring_client::Cluster;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::{Config, DEFAULT_TRANSCODE_QUEUE};
 use crate::dash::{self, TranscodeOptions};
 use crate::error::ReaderError;
 
@@ -34,13 +41,51 @@ struct Pending {
     since: Instant,
 }
 
+/// What the dash sink lets one upload cost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkLimits {
+    /// Largest accepted body in bytes (`READER_MAX_UPLOAD_BYTES`); `None`: no limit.
+    pub max_upload_bytes: Option<u64>,
+    /// Video uploads admitted beside the running transcodes (`READER_TRANSCODE_QUEUE`): received, probed or
+    /// waiting for a slot. One more is refused with 503 before its body is read.
+    pub queue: usize,
+    /// Probe and transcode limits.
+    pub video: dash::Limits,
+}
+
+impl Default for SinkLimits {
+    fn default() -> Self {
+        Self {
+            max_upload_bytes: None,
+            queue: DEFAULT_TRANSCODE_QUEUE,
+            video: dash::Limits::default(),
+        }
+    }
+}
+
+impl SinkLimits {
+    /// The limits a reader's configuration sets.
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            max_upload_bytes: config.max_upload_bytes,
+            queue: config.transcode_queue,
+            video: config.video_limits.clone(),
+        }
+    }
+}
+
 /// Transcodes uploads onto the ring.
 #[derive(Debug)]
 pub struct VideoSink {
     staging_dir: PathBuf,
     cluster: Arc<Cluster>,
-    /// Concurrent transcodes; further uploads wait here (a queue, not a failure).
+    /// Transcodes at once.
+    concurrency: usize,
+    /// Concurrent transcodes; admitted uploads wait here for their turn.
     transcodes: Semaphore,
+    /// Video uploads in the sink at all (concurrency + queue): staging, probing, waiting or transcoding.
+    admission: Semaphore,
+    limits: SinkLimits,
     options: TranscodeOptions,
     buffer_size: usize,
     pending: Mutex<HashMap<String, Pending>>,
@@ -48,15 +93,23 @@ pub struct VideoSink {
     running: Mutex<HashMap<String, CancellationToken>>,
 }
 
+/// The client's view of a pipeline error: its status and short reason; the detail goes to the log.
 fn video_error(e: &dash::DashError) -> ReaderError {
+    let status = e.http_status();
+    if status >= 500 {
+        tracing::error!(error = %e, "transcode failed");
+    } else {
+        tracing::info!(error = %e, status, "video refused");
+    }
     ReaderError::Video {
-        status: e.http_status(),
-        message: e.to_string(),
+        status,
+        message: e.public_message(),
     }
 }
 
 impl VideoSink {
-    /// Prepares the sink; `staging_dir` must exist and be empty of live uploads.
+    /// Prepares the sink with the default [`SinkLimits`]; `staging_dir` must exist and be empty of live
+    /// uploads.
     pub fn new(
         staging_dir: PathBuf,
         cluster: Arc<Cluster>,
@@ -64,15 +117,32 @@ impl VideoSink {
         options: TranscodeOptions,
         buffer_size: usize,
     ) -> Self {
+        let concurrency = concurrency.max(1);
+        let limits = SinkLimits::default();
         Self {
             staging_dir,
             cluster,
-            transcodes: Semaphore::new(concurrency.max(1)),
+            concurrency,
+            transcodes: Semaphore::new(concurrency),
+            admission: Semaphore::new(concurrency + limits.queue),
+            limits,
             options,
             buffer_size,
             pending: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The same sink with `limits` (a reader passes [`SinkLimits::from_config`]).
+    pub fn with_limits(mut self, limits: SinkLimits) -> Self {
+        self.admission = Semaphore::new(self.concurrency + limits.queue);
+        self.limits = limits;
+        self
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &SinkLimits {
+        &self.limits
     }
 
     fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<String, Pending>> {
@@ -104,7 +174,7 @@ impl VideoSink {
         }
         let report = match mode {
             VideoMode::Skip => {
-                let (bytes, xxh3) = drain(body).await?;
+                let (bytes, xxh3) = drain(body, self.limits.max_upload_bytes).await?;
                 StagedReport {
                     bytes,
                     xxh3: Some(common::protocol::xxh3_hex(xxh3)),
@@ -113,13 +183,30 @@ impl VideoSink {
             }
             VideoMode::Required => {
                 let video_id = common::name::video_id(name)?;
+                // Admission before a byte is read: a full transcoder refuses at once instead of staging
+                // bodies it would make wait without bound.
+                let _admitted = self.admission.try_acquire().map_err(|_| {
+                    tracing::warn!(upload = %id, "transcoder busy: upload refused");
+                    ReaderError::Video {
+                        status: 503,
+                        message: format!(
+                            "the transcoder is busy ({} video uploads in progress); try again later",
+                            self.concurrency + self.limits.queue
+                        ),
+                    }
+                })?;
                 let mut writer =
                     StagingWriter::create(self.staging_dir.join(id), self.buffer_size)?;
+                let mut received = 0u64;
                 futures_util::pin_mut!(body);
                 while let Some(chunk) = body.next().await {
-                    writer
-                        .write(chunk.map_err(|e| ReaderError::Body(e.to_string()))?)
-                        .await?;
+                    let chunk = chunk.map_err(|e| ReaderError::Body(e.to_string()))?;
+                    received += chunk.len() as u64;
+                    if let Some(max) = self.limits.max_upload_bytes.filter(|&m| received > m) {
+                        // The writer's drop removes what was staged.
+                        return Err(ReaderError::TooLarge(max));
+                    }
+                    writer.write(chunk).await?;
                 }
                 let staged = writer.finish().await?;
                 let token = CancellationToken::new();
@@ -172,7 +259,10 @@ impl VideoSink {
         work_dir: &Path,
         cancel: CancellationToken,
     ) -> Result<VideoReport, ReaderError> {
-        let probe = dash::probe(input).await.map_err(|e| video_error(&e))?;
+        // Refusals (415/422) come before the wait for a slot, so a bad upload never queues.
+        let probe = dash::probe_within(input, &self.limits.video)
+            .await
+            .map_err(|e| video_error(&e))?;
         let ladder = dash::ladder(&probe);
         metrics::gauge!("distributary_transcodes_queued").increment(1.0);
         let permit = tokio::select! {
@@ -230,15 +320,23 @@ impl VideoSink {
         cancel: CancellationToken,
     ) -> Result<(), ReaderError> {
         let (tx, rx) = tokio::sync::mpsc::channel::<PathBuf>(64);
-        let transcode = dash::transcode(
-            input,
-            work_dir,
-            ladder,
-            probe.has_audio,
-            &self.options,
-            tx,
-            cancel.clone(),
-        );
+        let transcode = async {
+            let r = dash::transcode(
+                input,
+                work_dir,
+                ladder,
+                &self.options,
+                &self.limits.video,
+                tx,
+                cancel.clone(),
+            )
+            .await;
+            if r.is_err() {
+                // Nothing more goes onto the ring for a video that failed: files still queued are skipped.
+                cancel.cancel();
+            }
+            r
+        };
         let uploads = async {
             let mut rx = rx;
             let mut in_flight = FuturesUnordered::new();
@@ -253,6 +351,8 @@ impl VideoSink {
             };
             loop {
                 tokio::select! {
+                    biased;
+                    () = cancel.cancelled() => break,
                     Some(r) = in_flight.next(), if !in_flight.is_empty() => note(r, &mut result),
                     p = rx.recv(), if in_flight.len() < RING_WRITES => match p {
                         Some(path) => in_flight.push(self.put_file(video_id, path, written)),
@@ -291,7 +391,10 @@ impl VideoSink {
         let file = path
             .file_name()
             .and_then(|n| n.to_str())
-            .ok_or_else(|| ReaderError::Ring(format!("bad output file {}", path.display())))?
+            .ok_or_else(|| {
+                tracing::error!(path = %path.display(), "transcoder output without a file name");
+                ReaderError::Ring("the transcoder produced an unnamed file".into())
+            })?
             .to_owned();
         let data = Bytes::from(tokio::fs::read(&path).await?);
         let key = BlobKey::new(video_id, file.clone());
@@ -372,8 +475,8 @@ impl VideoSink {
     }
 }
 
-/// Counts and checksums a body nobody keeps.
-async fn drain<S, E>(body: S) -> Result<(u64, u128), ReaderError>
+/// Counts and checksums a body nobody keeps, up to `max` bytes.
+async fn drain<S, E>(body: S, max: Option<u64>) -> Result<(u64, u128), ReaderError>
 where
     S: Stream<Item = Result<Bytes, E>>,
     E: std::fmt::Display,
@@ -385,6 +488,9 @@ where
         let chunk = chunk.map_err(|e| ReaderError::Body(e.to_string()))?;
         hasher.update(&chunk);
         len += chunk.len() as u64;
+        if let Some(max) = max.filter(|&m| len > m) {
+            return Err(ReaderError::TooLarge(max));
+        }
     }
     Ok((len, hasher.digest128()))
 }

@@ -104,11 +104,14 @@ impl Cluster {
     where
         F: Future<Output = Result<T, RingError>>,
     {
+        // One holder per task, not per process: a sweep in this process must not take over the lock of a
+        // migration this process runs (it would then "roll back" a migration that is alive).
+        let holder = format!("{}-{}", self.holder, &common::cluster::nonce()[..8]);
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             if self
                 .meta
-                .try_lock(MAINTENANCE_LOCK, &self.holder, LOCK_TTL)
+                .try_lock(MAINTENANCE_LOCK, &holder, LOCK_TTL)
                 .await?
             {
                 break;
@@ -125,7 +128,7 @@ impl Cluster {
                 tokio::time::sleep(LOCK_TTL / 3).await;
                 match self
                     .meta
-                    .try_lock(MAINTENANCE_LOCK, &self.holder, LOCK_TTL)
+                    .try_lock(MAINTENANCE_LOCK, &holder, LOCK_TTL)
                     .await
                 {
                     Ok(true) => {}
@@ -138,7 +141,7 @@ impl Cluster {
             r = work => r,
             _ = renew => Err(RingError::Busy(format!("{what} stopped: the maintenance lock was lost"))),
         };
-        if let Err(e) = self.meta.unlock(MAINTENANCE_LOCK, &self.holder).await {
+        if let Err(e) = self.meta.unlock(MAINTENANCE_LOCK, &holder).await {
             tracing::warn!(error = %e, "could not release the maintenance lock; it lapses");
         }
         result

@@ -164,19 +164,23 @@ pub struct Fetched {
 impl NodeClient {
     /// Builds the client; `timeout` bounds each request (blobs are a few MiB at most). Redirects are never
     /// followed: a node answering 3xx must not turn the broadcaster into a fetcher of other URLs.
+    /// `https://` nodes are verified against the process's CA bundle (`DISTRIBUTARY_TLS_CA_FILE`, installed
+    /// by the service's config; see [`common::tls::client_ca`]).
     pub fn new(
         connect_timeout: Duration,
         timeout: Duration,
         secret: Option<common::cluster::ClusterSecret>,
     ) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .connect_timeout(connect_timeout)
             .timeout(timeout)
             .tcp_nodelay(true)
             .http1_only()
             .redirect(reqwest::redirect::Policy::none())
             .pool_max_idle_per_host(64)
-            .build()?;
+            // Below the storage nodes' keep-alive timeout: the pool drops a connection before the node does.
+            .pool_idle_timeout(Duration::from_secs(30));
+        let http = common::tls::trust(builder, common::tls::client_ca().as_ref()).build()?;
         Ok(Self { http, secret })
     }
 
@@ -394,13 +398,16 @@ async fn status_error(node: &str, resp: reqwest::Response) -> NodeError {
     let body = read_limited(node, resp, MAX_SMALL_READ)
         .await
         .unwrap_or_default();
-    let detail = serde_json::from_slice::<common::protocol::ErrorBody>(&body)
+    // What the peer said goes to the log only: a reply from a node is never passed on to clients, so a
+    // host posing as a node cannot put its words into the admin API's answers.
+    let said = serde_json::from_slice::<common::protocol::ErrorBody>(&body)
         .map(|e| e.error.chars().take(200).collect::<String>())
         .unwrap_or_else(|_| "no error message".into());
+    tracing::warn!(%node, status, reply = %said, "storage node refused a request");
     NodeError::Status {
         node: node.to_owned(),
         status,
-        detail,
+        detail: "see the broadcaster's log".into(),
     }
 }
 

@@ -10,6 +10,10 @@
 //!
 //! `add` and `remove` answer only once migration is done, which can take long, so requests have no overall
 //! timeout (only a connect timeout). A non-2xx answer carries `{"error": "..."}`, shown as is.
+//!
+//! `B` is `host:port` (plain HTTP), `http://host:port` or `https://host:port`; an `https://` broadcaster is
+//! verified against `DISTRIBUTARY_TLS_CA_FILE` when it is set (else the built-in web roots). When
+//! `DISTRIBUTARY_TOKEN` is set, every request carries it as `Authorization: Bearer <token>`.
 
 use std::time::Duration;
 
@@ -21,6 +25,9 @@ use crate::error::AdminError;
 
 /// How long to wait for a TCP connection to the broadcaster.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The variable holding the token sent as `Authorization: Bearer`.
+pub const TOKEN_VAR: &str = "DISTRIBUTARY_TOKEN";
 
 /// Characters escaped in a node address used as a path segment (`:` and the unreserved ones stay).
 const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
@@ -88,11 +95,58 @@ fn parse_node(s: &str) -> Result<String, String> {
     Ok(s.to_owned())
 }
 
-/// A broadcaster is `host:port`; `http://host:port` is accepted too, as in `BROADCASTER_HOST_LIST`.
+/// A broadcaster is `host:port`; `http://host:port` and `https://host:port` are accepted too, as in
+/// `BROADCASTER_HOST_LIST`. Plain HTTP comes back as `host:port`, HTTPS as `https://host:port`.
 fn parse_broadcaster(s: &str) -> Result<String, String> {
-    let bare = s.strip_prefix("http://").unwrap_or(s).trim_end_matches('/');
+    let (https, rest) = match s.strip_prefix("https://") {
+        Some(rest) => (true, rest),
+        None => (false, s.strip_prefix("http://").unwrap_or(s)),
+    };
+    let bare = rest.trim_end_matches('/');
     hashring::validate_node(bare).map_err(|e| e.to_string())?;
-    Ok(bare.to_owned())
+    Ok(if https {
+        format!("https://{bare}")
+    } else {
+        bare.to_owned()
+    })
+}
+
+/// The base URL of a broadcaster as [`parse_broadcaster`] returns it.
+fn base_url(broadcaster: &str) -> String {
+    if broadcaster.starts_with("https://") {
+        broadcaster.to_owned()
+    } else {
+        format!("http://{broadcaster}")
+    }
+}
+
+/// The HTTP client of the admin commands: the CA bundle and the token come from the environment.
+fn client() -> Result<reqwest::Client, AdminError> {
+    let ca = common::tls::CaBundle::from_env().map_err(|e| AdminError::Client(e.to_string()))?;
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Ok(token) = std::env::var(TOKEN_VAR) {
+        let token = token.trim();
+        if !token.is_empty() {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| {
+                    AdminError::Client(format!(
+                        "{TOKEN_VAR} holds characters a header cannot carry"
+                    ))
+                })?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+    }
+    let builder = reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        // A broadcaster that stops answering mid-reply is noticed; migration (before the reply) may take long.
+        .tcp_keepalive(Duration::from_secs(30))
+        .default_headers(headers)
+        // The token must not follow a redirect to another host.
+        .redirect(reqwest::redirect::Policy::none());
+    common::tls::trust(builder, ca.as_ref())
+        .build()
+        .map_err(|e| AdminError::Client(describe(&e)))
 }
 
 /// `GET /admin/nodes` answer.
@@ -177,32 +231,30 @@ pub fn format_change(answer: &ChangeAnswer, added: bool) -> String {
 
 /// Runs one admin command against its broadcaster; returns what to print on stdout.
 pub async fn run(cmd: &AdminCommand) -> Result<String, AdminError> {
-    let client = reqwest::Client::builder()
-        .connect_timeout(CONNECT_TIMEOUT)
-        .build()
-        .map_err(|e| AdminError::Client(describe(&e)))?;
+    let client = client()?;
     match cmd {
         AdminCommand::List { broadcaster } => {
-            let url = format!("http://{broadcaster}/admin/nodes");
+            let url = format!("{}/admin/nodes", base_url(broadcaster));
             let answer: NodesAnswer = call(broadcaster, client.get(url)).await?;
             Ok(format_list(&answer))
         }
         AdminCommand::Add { broadcaster, node } => {
-            let url = format!("http://{broadcaster}/admin/nodes");
+            let url = format!("{}/admin/nodes", base_url(broadcaster));
             let req = client.post(url).json(&AddRequest { node: node.clone() });
             let answer: ChangeAnswer = call(broadcaster, req).await?;
             Ok(format_change(&answer, true))
         }
         AdminCommand::Remove { broadcaster, node } => {
             let url = format!(
-                "http://{broadcaster}/admin/nodes/{}",
+                "{}/admin/nodes/{}",
+                base_url(broadcaster),
                 utf8_percent_encode(node, SEGMENT)
             );
             let answer: ChangeAnswer = call(broadcaster, client.delete(url)).await?;
             Ok(format_change(&answer, false))
         }
         AdminCommand::Repair { broadcaster } => {
-            let url = format!("http://{broadcaster}/admin/repair");
+            let url = format!("{}/admin/repair", base_url(broadcaster));
             let answer: RepairAnswer = call(broadcaster, client.post(url)).await?;
             if !answer.unrecoverable.is_empty() {
                 return Err(AdminError::Refused {
@@ -323,10 +375,33 @@ mod tests {
             cli.command,
             Some(Command::Admin(AdminCommand::List { broadcaster })) if broadcaster == "b:8080"
         ));
+        let cli = Cli::try_parse_from(["storage-node", "admin", "list", "https://b:8443/"])
+            .expect("https list");
+        let Some(Command::Admin(AdminCommand::List { broadcaster })) = cli.command else {
+            panic!("list expected");
+        };
+        assert_eq!(broadcaster, "https://b:8443");
+        assert_eq!(base_url(&broadcaster), "https://b:8443");
+        assert_eq!(base_url("b:8080"), "http://b:8080");
+        let cli = Cli::try_parse_from([
+            "storage-node",
+            "admin",
+            "add",
+            "https://b:8443",
+            "https://n:8093",
+        ])
+        .expect("https node");
+        assert!(matches!(
+            cli.command,
+            Some(Command::Admin(AdminCommand::Add { node, .. })) if node == "https://n:8093"
+        ));
         for bad in [
             &["storage-node", "admin", "add", "b:8080", "n"][..],
             &["storage-node", "admin", "remove", "b", "n:1"],
             &["storage-node", "admin", "list", "b:99999"],
+            &["storage-node", "admin", "list", "ftp://b:1"],
+            &["storage-node", "admin", "list", "https://b"],
+            &["storage-node", "admin", "add", "b:1", "https://n:1/x"],
             &["storage-node", "admin", "list"],
             &["storage-node", "admin", "frobnicate", "b:1"],
         ] {

@@ -37,6 +37,11 @@ pub struct Config {
     pub staging_ttl: Duration,
     /// The cluster secret (`DISTRIBUTARY_CLUSTER_SECRET_FILE`): the node proves its identity with it.
     pub cluster_secret: Option<common::cluster::ClusterSecret>,
+    /// The listener: TLS (`STORAGE_NODE_TLS_CERT_FILE`, `STORAGE_NODE_TLS_KEY_FILE`) and connection limits
+    /// (`STORAGE_NODE_HEADER_TIMEOUT_SECS`, `STORAGE_NODE_KEEP_ALIVE_SECS`, `STORAGE_NODE_MAX_CONNECTIONS`, `STORAGE_NODE_H2_MAX_STREAMS`).
+    pub server: common::server::ServerOptions,
+    /// The CA bundle `https://` peers are verified against (`DISTRIBUTARY_TLS_CA_FILE`).
+    pub tls_ca: Option<common::tls::CaBundle>,
 }
 
 /// Every variable this service reads; any other `STORAGE_NODE_*` variable stops it at start (a typo must not
@@ -49,6 +54,12 @@ pub const VARS: &[&str] = &[
     "STORAGE_NODE_MAX_BLOB_BYTES",
     "STORAGE_NODE_SHUTDOWN_GRACE_SECS",
     "STORAGE_NODE_STAGING_TTL_SECS",
+    "STORAGE_NODE_TLS_CERT_FILE",
+    "STORAGE_NODE_TLS_KEY_FILE",
+    "STORAGE_NODE_HEADER_TIMEOUT_SECS",
+    "STORAGE_NODE_KEEP_ALIVE_SECS",
+    "STORAGE_NODE_MAX_CONNECTIONS",
+    "STORAGE_NODE_H2_MAX_STREAMS",
 ];
 
 #[derive(Debug, Default, Deserialize)]
@@ -60,6 +71,12 @@ struct RawConfig {
     max_blob_bytes: Option<String>,
     shutdown_grace_secs: Option<String>,
     staging_ttl_secs: Option<String>,
+    tls_cert_file: Option<String>,
+    tls_key_file: Option<String>,
+    header_timeout_secs: Option<String>,
+    keep_alive_secs: Option<String>,
+    max_connections: Option<String>,
+    h2_max_streams: Option<String>,
 }
 
 impl Config {
@@ -72,7 +89,10 @@ impl Config {
     pub fn from_vars<I: IntoIterator<Item = (String, String)>>(vars: I) -> Result<Self, EnvError> {
         let vars: Vec<(String, String)> = vars.into_iter().collect();
         let secret = common::cluster::ClusterSecret::from_vars(&vars)?;
+        let tls_ca = common::tls::CaBundle::from_vars(&vars)?;
         let mut config = Self::try_from(env::load::<RawConfig>("STORAGE_NODE_", VARS, vars)?)?;
+        common::tls::install_client_ca(tls_ca.as_ref());
+        config.tls_ca = tls_ca;
         common::cluster::require_secret_off_loopback(
             "STORAGE_NODE_HTTP_HOST",
             config.http_host,
@@ -142,6 +162,18 @@ impl TryFrom<RawConfig> for Config {
                 u64::MAX / 2,
             )?),
             cluster_secret: None,
+            server: common::server::ServerOptions::parse(
+                "STORAGE_NODE_",
+                common::server::ServerVars {
+                    tls_cert_file: raw.tls_cert_file.as_deref(),
+                    tls_key_file: raw.tls_key_file.as_deref(),
+                    header_timeout_secs: raw.header_timeout_secs.as_deref(),
+                    keep_alive_secs: raw.keep_alive_secs.as_deref(),
+                    max_connections: raw.max_connections.as_deref(),
+                    h2_max_streams: raw.h2_max_streams.as_deref(),
+                },
+            )?,
+            tls_ca: None,
         })
     }
 }

@@ -56,7 +56,13 @@ pub async fn run(
     if let Some(secret) = config.cluster_secret.clone() {
         app = common::cluster::ClusterGate::new(secret).protect(app);
     }
-    common::server::serve(listener, app, shutdown, config.shutdown_grace)
-        .await
-        .map_err(StoreError::Io)
+    common::server::serve(
+        listener,
+        app,
+        config.server.clone(),
+        shutdown,
+        config.shutdown_grace,
+    )
+    .await
+    .map_err(StoreError::Io)
 }

@@ -67,7 +67,9 @@ async fn put_blob(
 ) -> Result<Response, StoreError> {
     let key = BlobKey::parse(&key)?;
     let expected = common::digest::expected_sha256(&headers)?;
-    let info = store.put(&key, body.into_data_stream(), expected).await;
+    let info = store
+        .put(&key, common::guard::idle(body.into_data_stream()), expected)
+        .await;
     count("distributary_blob_puts_total", info.is_ok());
     match &info {
         Ok(i) => tracing::debug!(key = %i.key, bytes = i.bytes, "stored"),
@@ -175,7 +177,12 @@ async fn stage(
     let started = std::time::Instant::now();
     let expected = common::digest::expected_sha256(&headers)?;
     let report = store
-        .stage(&id, &name, body.into_data_stream(), expected)
+        .stage(
+            &id,
+            &name,
+            common::guard::idle(body.into_data_stream()),
+            expected,
+        )
         .await;
     match &report {
         Ok(r) => {

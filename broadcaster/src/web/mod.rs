@@ -67,19 +67,19 @@ pub fn routes(assets: Assets) -> Router<Engine> {
                 }),
             );
     }
-    router.layer(axum::middleware::map_response(security_headers))
+    router
 }
 
-async fn security_headers(mut resp: Response) -> Response {
+/// `nosniff`, the Content-Security-Policy and a same-origin referrer policy, on every response of the
+/// gateway (JSON, pages and media alike), unless a handler set its own policy.
+pub async fn security_headers(mut resp: Response) -> Response {
     let h = resp.headers_mut();
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
-    );
+    h.entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(HeaderValue::from_static(CONTENT_SECURITY_POLICY));
     h.insert(
         header::REFERRER_POLICY,
         HeaderValue::from_static("same-origin"),
@@ -112,9 +112,18 @@ fn unavailable(e: &meta::MetaError) -> Response {
     )
 }
 
-async fn index(State(engine): State<Engine>) -> Response {
+async fn index(
+    State(engine): State<Engine>,
+    principal: Option<axum::Extension<crate::auth::Principal>>,
+) -> Response {
     match engine.cluster().meta().list_videos().await {
-        Ok(videos) => page(StatusCode::OK, pages::index(&videos)),
+        Ok(mut videos) => {
+            // A token limited to a prefix sees only the videos it may watch.
+            if let Some(prefix) = principal.as_ref().and_then(|p| p.0.prefix()) {
+                videos.retain(|v| v.id.starts_with(prefix));
+            }
+            page(StatusCode::OK, pages::index(&videos))
+        }
         Err(e) => unavailable(&e),
     }
 }

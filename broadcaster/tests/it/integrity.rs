@@ -1195,6 +1195,16 @@ async fn uploads_are_not_blocked_by_a_migration() {
         }
         files.push((name, data));
     }
+    // A sweep asked of the same broadcaster while its migration runs must wait its turn: taking the
+    // maintenance lock would let it "roll back" the live migration.
+    if !add.is_finished() {
+        let (gc_status, gc_body) = post_admin(&site.bc, "/admin/gc").await;
+        if gc_status != 409 {
+            problems.push(format!(
+                "POST /admin/gc during the migration answered {gc_status} {gc_body}, want 409"
+            ));
+        }
+    }
     if add.is_finished() && problems.is_empty() {
         problems.push(format!(
             "the migration ended before the uploads did ({} after it started copying): the test proves \

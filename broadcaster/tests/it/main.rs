@@ -17,6 +17,8 @@ mod lifecycle;
 mod metrics;
 mod reader;
 mod ring;
+mod security;
+mod tls;
 mod validation;
 mod verify;
 mod video;

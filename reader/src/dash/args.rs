@@ -1,14 +1,41 @@
 //! The one ffmpeg command line that turns a source into the whole DASH ladder.
 
 use std::path::Path;
+use std::time::Duration;
 
-use super::{Rendition, TranscodeOptions, MANIFEST};
+use super::{
+    input_args, output_margin, Container, Probe, Rendition, TranscodeOptions, MANIFEST, MAX_FPS,
+};
 
 /// AAC bitrate of the audio representation; stereo at 128 kb/s is transparent enough for a video site.
 pub const AUDIO_KBPS: u32 = 128;
 
+/// The command line [`super::transcode`] runs for a probed source: [`ffmpeg_args`] plus the demuxer of
+/// `probe.container` forced (`-f mov` + `-enable_drefs 0`, or `-f matroska`) and the output capped to the
+/// probed duration plus [`output_margin`] (`-t`) and to [`MAX_FPS`] frames per second of that (`-frames:v`).
+pub fn ffmpeg_args_probed(
+    input: &Path,
+    out_dir: &Path,
+    ladder: &[Rendition],
+    probe: &Probe,
+    opts: &TranscodeOptions,
+) -> Vec<String> {
+    build(
+        input,
+        out_dir,
+        ladder,
+        probe.has_audio,
+        Some((probe.container, probe.duration())),
+        opts,
+    )
+}
+
 /// Builds the arguments (without the program name) of a single ffmpeg run that decodes `input` once and
 /// encodes every rendition of `ladder` plus, when `has_audio`, one AAC track, muxed as MPEG-DASH into `out_dir`.
+///
+/// Only the `file` protocol is allowed and source timing is kept (`-fps_mode passthrough`: no frame is
+/// duplicated to reach a constant rate). Without a probe this leaves the demuxer to ffmpeg and the output
+/// uncapped: the reader itself always runs [`ffmpeg_args_probed`].
 ///
 /// Public so the benchmark can time a bare ffmpeg run of exactly the same ladder (create `out_dir` first: the
 /// dash muxer does not). Layout of the output:
@@ -25,6 +52,17 @@ pub fn ffmpeg_args(
     has_audio: bool,
     opts: &TranscodeOptions,
 ) -> Vec<String> {
+    build(input, out_dir, ladder, has_audio, None, opts)
+}
+
+fn build(
+    input: &Path,
+    out_dir: &Path,
+    ladder: &[Rendition],
+    has_audio: bool,
+    probed: Option<(Container, Duration)>,
+    opts: &TranscodeOptions,
+) -> Vec<String> {
     let seg = opts.segment_secs.max(1);
     let mut a: Vec<String> = Vec::with_capacity(64 + 8 * ladder.len());
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| (*s).to_owned()));
@@ -39,7 +77,14 @@ pub fn ffmpeg_args(
         "error",
         "-y",
     ]);
-    push(&["-i", &format!("file:{}", input.to_string_lossy())]);
+    let input_url = format!("file:{}", input.to_string_lossy());
+    match probed {
+        Some((container, _)) => {
+            let input = input_args(&input_url, container);
+            push(&input.iter().map(String::as_str).collect::<Vec<_>>());
+        }
+        None => push(&["-protocol_whitelist", "file", "-i", &input_url]),
+    }
 
     // Decode once, split, scale each copy. The ladder sizes are display sizes rounded to even numbers; the scale
     // filter then sets a sample aspect ratio a hair off 1:1 so every rendition keeps the source's exact display
@@ -65,6 +110,15 @@ pub fn ffmpeg_args(
         push(&["-map", "0:a:0"]);
     }
     push(&["-map_metadata", "-1", "-map_chapters", "-1"]);
+    // The source's timestamps as they are: a gap stays a gap (one long segment) instead of being filled with
+    // copies of the last frame, so the output never holds more frames than the upload.
+    push(&["-fps_mode", "passthrough"]);
+    if let Some((_, duration)) = probed {
+        let cap = duration + output_margin(duration);
+        let frames = (cap.as_secs_f64() * MAX_FPS).ceil() as u64;
+        push(&["-t", &format!("{:.3}", cap.as_secs_f64())]);
+        push(&["-frames:v", &frames.to_string()]);
+    }
 
     // Keyframes exactly on segment boundaries in every rendition, so segments align across representations and
     // a player can switch quality at any boundary: forced by timestamp (robust to variable frame rate), and no
@@ -177,6 +231,57 @@ mod tests {
         assert_eq!(maps, ["[v0]", "[v1]", "[v2]", "0:a:0"]);
         assert!(after(&a, "-filter_complex").starts_with("[0:v:0]split=3[s0][s1][s2];"));
         assert_eq!(after(&a, "-force_key_frames"), "expr:gte(t,n_forced*4)");
+        assert_eq!(after(&a, "-protocol_whitelist"), "file");
+        assert_eq!(after(&a, "-fps_mode"), "passthrough");
+    }
+
+    #[test]
+    fn probed_sources_force_their_demuxer_and_caps() {
+        let ladder = [Rendition {
+            height: 360,
+            width: 640,
+            video_kbps: 800,
+        }];
+        let probe = Probe {
+            duration_ms: 600_000,
+            width: 640,
+            height: 360,
+            fps: 0.005,
+            video_codec: "h264".into(),
+            has_audio: false,
+            container: Container::Mov,
+        };
+        let a = ffmpeg_args_probed(
+            &PathBuf::from("/in/x"),
+            &PathBuf::from("/out"),
+            &ladder,
+            &probe,
+            &TranscodeOptions::default(),
+        );
+        let joined = a.join(" ");
+        assert!(
+            joined.starts_with(
+                "-hide_banner -nostdin -nostats -loglevel error -y -protocol_whitelist file -f mov \
+                 -enable_drefs 0 -i file:/in/x "
+            ),
+            "{joined}"
+        );
+        assert_eq!(after(&a, "-fps_mode"), "passthrough");
+        assert_eq!(after(&a, "-t"), "607.000");
+        assert_eq!(after(&a, "-frames:v"), "182100");
+        let mkv = Probe {
+            container: Container::Matroska,
+            ..probe
+        };
+        let a = ffmpeg_args_probed(
+            &PathBuf::from("/in/x"),
+            &PathBuf::from("/out"),
+            &ladder,
+            &mkv,
+            &TranscodeOptions::default(),
+        );
+        assert_eq!(after(&a, "-f"), "matroska");
+        assert!(!a.iter().any(|x| x == "-enable_drefs"));
     }
 
     #[test]

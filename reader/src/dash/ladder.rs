@@ -74,6 +74,7 @@ mod tests {
             fps: 30.0,
             video_codec: "h264".into(),
             has_audio: true,
+            container: crate::dash::Container::Mov,
         }
     }
 

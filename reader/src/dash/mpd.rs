@@ -14,8 +14,11 @@ pub(crate) struct Representation {
     pub(crate) height: Option<u32>,
     /// Segments listed by the timeline (`None` when there is no `SegmentTimeline`).
     pub(crate) segments: Option<u64>,
-    /// Seconds covered by the timeline.
+    /// Seconds covered by the timeline (the sum of its segment durations).
     pub(crate) timeline_secs: Option<f64>,
+    /// Where the timeline ends, in seconds from the period start (`t` of the first segment, or of any later
+    /// one that sets it, plus the durations after it).
+    pub(crate) timeline_end_secs: Option<f64>,
     pub(crate) start_number: u64,
 }
 
@@ -115,6 +118,8 @@ struct Template {
     start_number: Option<u64>,
     /// (segments, ticks) summed over `<S>` entries; `None` without a timeline.
     timeline: Option<(u64, u128)>,
+    /// End of the last `<S>` in ticks.
+    end: u128,
 }
 
 /// Lists the representations of an MPD, in document order.
@@ -147,6 +152,7 @@ pub(crate) fn representations(xml: &str) -> Result<Vec<Representation>, String> 
                     height: t.attr("height").and_then(|v| v.parse().ok()),
                     segments: None,
                     timeline_secs: None,
+                    timeline_end_secs: None,
                     start_number: 1,
                 };
                 if t.self_closing {
@@ -164,6 +170,7 @@ pub(crate) fn representations(xml: &str) -> Result<Vec<Representation>, String> 
                     timescale: t.attr("timescale").and_then(|v| v.parse().ok()),
                     start_number: t.attr("startNumber").and_then(|v| v.parse().ok()),
                     timeline: None,
+                    end: 0,
                 };
                 if t.self_closing {
                     store(&mut current, &mut set_template, tpl);
@@ -186,9 +193,15 @@ pub(crate) fn representations(xml: &str) -> Result<Vec<Representation>, String> 
                     .attr("r")
                     .and_then(|v| v.parse::<i64>().ok())
                     .map_or(0, |r| r.max(0) as u64);
+                let start = match t.attr("t") {
+                    Some(v) => u128::from(v.parse::<u64>().map_err(|_| "<S> with an invalid t")?),
+                    None => tpl.end,
+                };
                 let (n, ticks) = tpl.timeline.get_or_insert((0, 0));
-                *n += r + 1;
-                *ticks += u128::from(d) * u128::from(r + 1);
+                *n = n.saturating_add(r.saturating_add(1));
+                let span = u128::from(d) * u128::from(r.saturating_add(1));
+                *ticks = ticks.saturating_add(span);
+                tpl.end = start.saturating_add(span);
             }
             _ => {}
         }
@@ -214,6 +227,7 @@ fn finish(mut rep: Representation, tpl: Option<Template>) -> Representation {
             rep.segments = Some(n);
             let scale = tpl.timescale.filter(|s| *s > 0).unwrap_or(1);
             rep.timeline_secs = Some(ticks as f64 / scale as f64);
+            rep.timeline_end_secs = Some(tpl.end as f64 / scale as f64);
         }
     }
     rep
@@ -262,8 +276,31 @@ mod tests {
         assert_eq!((reps[0].width, reps[0].height), (Some(1280), Some(720)));
         assert_eq!(reps[0].segments, Some(3));
         assert!((reps[0].timeline_secs.expect("timeline") - 10.0).abs() < 1e-9);
+        assert!((reps[0].timeline_end_secs.expect("end") - 10.0).abs() < 1e-9);
         assert_eq!(reps[1].kind, "audio");
         assert_eq!(reps[1].segments, Some(3));
+    }
+
+    /// Regression found by the `mpd` fuzz target: repeat counts whose sum overflows.
+    #[test]
+    fn huge_repeat_counts_saturate_instead_of_overflowing() {
+        let xml = r#"<MPD><SegmentTemplate><S d="1" r="9223372036854775807"/><S d="1" r="9223372036854775807"/><S d="18446744073709551615" r="9223372036854775807"/></SegmentTemplate></MPD>"#;
+        let _ = representations(xml);
+        let xml = r#"<MPD><AdaptationSet contentType="video"><Representation id="0"><SegmentTemplate timescale="1"><SegmentTimeline><S d="1" r="9223372036854775807"/><S d="1" r="9223372036854775807"/></SegmentTimeline></SegmentTemplate></Representation></AdaptationSet></MPD>"#;
+        let reps = representations(xml).expect("parses");
+        assert_eq!(reps[0].segments, Some(u64::MAX));
+    }
+
+    #[test]
+    fn timeline_end_counts_start_offsets() {
+        let xml = r#"<MPD><AdaptationSet contentType="video"><Representation id="0">
+            <SegmentTemplate timescale="10"><SegmentTimeline>
+              <S t="50" d="40" r="1"/><S d="5"/><S t="1000" d="10"/>
+            </SegmentTimeline></SegmentTemplate></Representation></AdaptationSet></MPD>"#;
+        let reps = representations(xml).expect("parses");
+        assert_eq!(reps[0].segments, Some(4));
+        assert!((reps[0].timeline_secs.expect("sum") - 9.5).abs() < 1e-9);
+        assert!((reps[0].timeline_end_secs.expect("end") - 101.0).abs() < 1e-9);
     }
 
     #[test]

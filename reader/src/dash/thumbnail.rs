@@ -6,14 +6,15 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
-use super::{file_url, DashError, Probe};
+use super::{file_url, input_args, Container, DashError, Probe};
 
 /// Poster width in pixels; the height follows the display aspect ratio (even, for the JPEG encoder's 4:2:0).
 pub const THUMBNAIL_WIDTH: u32 = 320;
 /// Decoding one frame should take well under a second; this only guards against a pathological input.
 const THUMBNAIL_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Writes a JPEG poster frame of `input` to `out` (conventionally `poster.jpg`), 320 px wide.
+/// Writes a JPEG poster frame of `input` to `out` (conventionally `poster.jpg`), 320 px wide. `probe` must be
+/// `input`'s (its container is forced on ffmpeg).
 ///
 /// The frame is taken 1 s in (the very first frame is often black or a fade-in), or from the middle of clips
 /// shorter than 2 s. If that position yields no frame (a duration header that overstates the stream), the first
@@ -33,7 +34,7 @@ pub async fn thumbnail(input: &Path, out: &Path, probe: &Probe) -> Result<(), Da
     };
     let result = async {
         for seek in [at, 0.0] {
-            extract(&input_url, &tmp_url, seek).await?;
+            extract(&input_url, probe.container, &tmp_url, seek).await?;
             let ok = match tokio::fs::read(&tmp).await {
                 Ok(bytes) => bytes.starts_with(&[0xff, 0xd8]) && bytes.len() > 100,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
@@ -59,7 +60,12 @@ pub async fn thumbnail(input: &Path, out: &Path, probe: &Probe) -> Result<(), Da
     result
 }
 
-async fn extract(input_url: &str, out_url: &str, seek: f64) -> Result<(), DashError> {
+async fn extract(
+    input_url: &str,
+    container: Container,
+    out_url: &str,
+    seek: f64,
+) -> Result<(), DashError> {
     // Width 320, height from the display aspect ratio (`dar` includes non-square pixels), square pixels out.
     let filter = format!("scale=w={THUMBNAIL_WIDTH}:h=trunc(ow/dar/2)*2,setsar=1");
     let child = Command::new("ffmpeg")
@@ -72,7 +78,9 @@ async fn extract(input_url: &str, out_url: &str, seek: f64) -> Result<(), DashEr
             "-y",
         ])
         // -ss before -i: a fast keyframe seek plus exact decode to the position, not a decode from the start.
-        .args(["-ss", &format!("{seek:.3}"), "-i", input_url])
+        // The input is read as its probed container, nothing but the file (see `input_args`).
+        .args(["-ss", &format!("{seek:.3}")])
+        .args(input_args(input_url, container))
         .args(["-frames:v", "1", "-an", "-sn", "-vf", &filter])
         .args([
             "-c:v", "mjpeg", "-q:v", "3", "-f", "image2", "-update", "1", out_url,

@@ -13,7 +13,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::mpd;
 use super::probe::{probe_detail, ProbeDetail};
-use super::{ffmpeg_args, DashError, Rendition, TranscodeOptions, MANIFEST};
+use super::{
+    ffmpeg_args_probed, output_margin, DashError, Limits, Rendition, TranscodeOptions, MANIFEST,
+};
 
 /// How often the output directory is listed while ffmpeg runs. A segment is several seconds of encoding, so
 /// 150 ms adds little latency and costs a `readdir` of a few dozen entries.
@@ -110,6 +112,8 @@ struct Watcher {
     present: BTreeSet<Output>,
     /// `.tmp` files in the state of the last scan.
     partial: Vec<String>,
+    /// Highest chunk number seen in any representation (final or `.tmp`): segments started so far.
+    most_chunks: u64,
 }
 
 impl Watcher {
@@ -120,6 +124,7 @@ impl Watcher {
             sent: BTreeSet::new(),
             present: BTreeSet::new(),
             partial: Vec::new(),
+            most_chunks: 0,
         }
     }
 
@@ -145,6 +150,7 @@ impl Watcher {
                 let n = newest.entry(rep).or_insert(number);
                 *n = (*n).max(number);
                 self.rename_seen |= tmp;
+                self.most_chunks = self.most_chunks.max(number);
             }
             if !tmp {
                 self.present.insert(out);
@@ -182,27 +188,70 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-/// Transcodes `input` into the DASH ladder in `out_dir` with one ffmpeg run (see [`ffmpeg_args`]).
+/// ffmpeg's process group (it is spawned as the leader of a new one), killed as a whole on every early exit.
+#[derive(Debug)]
+struct ProcessGroup(Option<u32>);
+
+impl ProcessGroup {
+    /// SIGKILL to every process of the group, through `sh`'s builtin `kill` (the workspace forbids `unsafe`,
+    /// so no libc call; `/bin/sh` exists wherever ffmpeg does). Only called before ffmpeg is reaped, so the id
+    /// cannot have been reused by an unrelated group.
+    fn kill(&mut self) {
+        let Some(pgid) = self.0.take() else { return };
+        let killed = std::process::Command::new("sh")
+            .args(["-c", r#"kill -s KILL -- "-$1""#, "sh", &pgid.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if !killed.is_ok_and(|s| s.success()) {
+            tracing::warn!(pgid, "could not kill ffmpeg's process group");
+        }
+    }
+
+    /// ffmpeg exited and was reaped: nothing to kill any more.
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        // The transcode future was dropped mid-run (its caller went away): `kill_on_drop` takes the leader,
+        // this takes anything it started.
+        self.kill();
+    }
+}
+
+/// Transcodes `input` into the DASH ladder in `out_dir` with one ffmpeg run (see [`ffmpeg_args_probed`]).
+///
+/// The source is probed first ([`super::probe_within`] `limits`: refusals are the same as the probe's), so
+/// ffmpeg gets the probed container forced and its output capped to the probed duration. The whole run has the
+/// wall-time limit of `limits.timeout` for that duration, counted from this call; past it ffmpeg's process
+/// group is killed and the result is [`DashError::TooSlow`].
 ///
 /// While ffmpeg runs, every `init-*.m4s` and `chunk-*.m4s` is sent on `done` (as `out_dir/name`) exactly once,
 /// as soon as it is complete, so the caller can replicate segments while later ones are still being encoded.
 /// `manifest.mpd` is sent last, once, after ffmpeg exited successfully and the output was validated: the
-/// manifest exists, lists exactly the expected representations with the ladder's sizes, every representation
-/// has its init segment and every chunk the manifest names (and no others), and each video representation's
-/// segment count matches the source duration (±1) and its timeline covers the source.
+/// manifest exists, lists exactly the expected representations with the ladder's sizes (plus audio when the
+/// source has it), every representation has its init segment and every chunk the manifest names (and no
+/// others), no representation has more segments or a longer timeline than the source's duration allows, and
+/// each video timeline covers the source. A run that starts more segments than the duration allows is killed.
 ///
 /// `out_dir` is created if needed and must be empty (stale files would be sent as if they were new). On error,
 /// whatever ffmpeg wrote stays in `out_dir` for the caller to remove along with what it already replicated.
 ///
-/// Errors: [`DashError::Cancelled`] when `cancel` fires or `done`'s receiver is dropped (ffmpeg is killed and
-/// reaped before returning); [`DashError::Ffmpeg`] when ffmpeg fails; [`DashError::Corrupt`] /
-/// [`DashError::NotVideo`] when the source or the output does not hold up. Dropping the future kills ffmpeg too.
+/// Errors: [`DashError::Cancelled`] when `cancel` fires or `done`'s receiver is dropped; [`DashError::TooSlow`]
+/// past the time limit; [`DashError::Ffmpeg`] when ffmpeg fails; [`DashError::Corrupt`] /
+/// [`DashError::NotVideo`] / [`DashError::Limit`] when the source or the output does not hold up. In every
+/// error case ffmpeg's process group is killed and ffmpeg reaped before this returns; dropping the future
+/// kills them too.
 pub async fn transcode(
     input: &Path,
     out_dir: &Path,
     ladder: &[Rendition],
-    has_audio: bool,
     opts: &TranscodeOptions,
+    limits: &Limits,
     done: mpsc::Sender<PathBuf>,
     cancel: CancellationToken,
 ) -> Result<TranscodeReport, DashError> {
@@ -214,113 +263,178 @@ pub async fn transcode(
     super::file_url(out_dir)?;
     prepare_out_dir(out_dir).await?;
 
-    // The output check needs the source duration. Probing takes tens of milliseconds, so it runs alongside
-    // ffmpeg instead of in front of it.
-    let probe = {
-        let input = input.to_owned();
-        AbortOnDrop(tokio::spawn(async move { probe_detail(&input).await }))
+    let detail = tokio::select! {
+        biased;
+        () = cancel.cancelled() => return Err(DashError::Cancelled),
+        d = probe_detail(input, limits) => d?,
     };
+    let limit = limits.timeout.for_duration(detail.probe.duration());
+    let deadline = started + limit;
 
     let mut child = Command::new("ffmpeg")
-        .args(ffmpeg_args(input, out_dir, ladder, has_audio, opts))
+        .args(ffmpeg_args_probed(
+            input,
+            out_dir,
+            ladder,
+            &detail.probe,
+            opts,
+        ))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
+        .process_group(0)
         .spawn()
         .map_err(|source| DashError::Spawn {
             program: "ffmpeg",
             source,
         })?;
+    let mut group = ProcessGroup(child.id());
     // stderr is drained concurrently: a full pipe would block ffmpeg.
     let tail = child
         .stderr
         .take()
         .map(|e| AbortOnDrop(tokio::spawn(read_tail(e, STDERR_TAIL))));
-    tracing::debug!(pid = child.id(), input = %input.display(), out = %out_dir.display(), "ffmpeg started");
-
-    let mut watcher = Watcher::new(out_dir);
-    let mut files = Vec::new();
-    let status = match watch(&mut child, &mut watcher, &mut files, &done, &cancel).await {
-        Ok(status) => status,
-        Err(e) => {
-            // Kill *and reap*, so when this returns no ffmpeg of ours is left, not even as a zombie.
-            let _ = child.start_kill();
-            let _ = child.wait().await;
-            return Err(e);
-        }
-    };
-    let ffmpeg_elapsed = started.elapsed();
-    let stderr_tail = match tail {
-        Some(mut t) => (&mut t.0).await.unwrap_or_default(),
-        None => String::new(),
-    };
-    if !status.success() {
-        return Err(DashError::Ffmpeg {
-            status,
-            stderr_tail,
-        });
-    }
-
-    let remaining = watcher.scan(true).await?;
-    let detail = {
-        let mut probe = probe;
-        tokio::select! {
-            biased;
-            () = cancel.cancelled() => return Err(DashError::Cancelled),
-            joined = &mut probe.0 => {
-                joined.map_err(|e| DashError::io("probe task", std::io::Error::other(e)))??
-            }
-        }
-    };
-    let (representations, segments) =
-        validate(out_dir, ladder, has_audio, opts, &detail, &watcher).await?;
-
-    for out in remaining {
-        send(&done, out_dir.join(out.file_name()), &cancel).await?;
-        watcher.sent.insert(out);
-        files.push(out.file_name());
-    }
-    send(&done, out_dir.join(MANIFEST), &cancel).await?;
-    files.push(MANIFEST.to_owned());
-    let elapsed = started.elapsed();
     tracing::debug!(
-        files = files.len(),
-        ?elapsed,
-        ?ffmpeg_elapsed,
-        "transcode done"
+        pid = child.id(), input = %input.display(), out = %out_dir.display(), limit_secs = limit.as_secs(),
+        "ffmpeg started"
     );
-    Ok(TranscodeReport {
-        files,
-        representations,
-        segments,
-        elapsed,
-        ffmpeg_elapsed,
-    })
+
+    let mut run = Run {
+        out_dir,
+        ladder,
+        opts,
+        detail: &detail,
+        watcher: Watcher::new(out_dir),
+        files: Vec::new(),
+        exited: false,
+        started,
+    };
+    let outcome = tokio::time::timeout_at(
+        deadline.into(),
+        run.complete(&mut child, tail, &done, &cancel),
+    )
+    .await;
+    let result = outcome.unwrap_or_else(|_| {
+        tracing::warn!(limit_secs = limit.as_secs(), out = %out_dir.display(), "transcode over its time limit");
+        Err(DashError::TooSlow { limit })
+    });
+    if run.exited {
+        group.disarm();
+    }
+    if result.is_err() {
+        // Kill *and reap*, so when this returns no ffmpeg of ours is left, not even as a zombie.
+        group.kill();
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+    }
+    result
 }
 
-/// Polls the output while ffmpeg runs and sends each finished file; returns ffmpeg's exit status.
-async fn watch(
-    child: &mut Child,
-    watcher: &mut Watcher,
-    files: &mut Vec<String>,
-    done: &mpsc::Sender<PathBuf>,
-    cancel: &CancellationToken,
-) -> Result<ExitStatus, DashError> {
-    let mut tick = tokio::time::interval(POLL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            biased;
-            () = cancel.cancelled() => return Err(DashError::Cancelled),
-            status = child.wait() => {
-                return status.map_err(|e| DashError::io("waiting for ffmpeg", e));
-            }
-            _ = tick.tick() => {
-                for out in watcher.scan(false).await? {
-                    send(done, watcher.dir.join(out.file_name()), cancel).await?;
-                    watcher.sent.insert(out);
-                    files.push(out.file_name());
+/// The state of one ffmpeg run.
+struct Run<'a> {
+    out_dir: &'a Path,
+    ladder: &'a [Rendition],
+    opts: &'a TranscodeOptions,
+    detail: &'a ProbeDetail,
+    watcher: Watcher,
+    files: Vec<String>,
+    /// ffmpeg exited and was reaped.
+    exited: bool,
+    started: Instant,
+}
+
+impl Run<'_> {
+    /// Streams files while ffmpeg runs, then checks the output and sends the rest and the manifest.
+    async fn complete(
+        &mut self,
+        child: &mut Child,
+        tail: Option<AbortOnDrop<String>>,
+        done: &mpsc::Sender<PathBuf>,
+        cancel: &CancellationToken,
+    ) -> Result<TranscodeReport, DashError> {
+        let seg = f64::from(self.opts.segment_secs.max(1));
+        let duration = self.detail.probe.duration();
+        let max_segments =
+            ((duration + output_margin(duration)).as_secs_f64() / seg).ceil() as u64 + 1;
+        let status = self.watch(child, done, cancel, max_segments).await?;
+        self.exited = true;
+        let ffmpeg_elapsed = self.started.elapsed();
+        let stderr_tail = match tail {
+            Some(mut t) => (&mut t.0).await.unwrap_or_default(),
+            None => String::new(),
+        };
+        if !status.success() {
+            return Err(DashError::Ffmpeg {
+                status,
+                stderr_tail,
+            });
+        }
+
+        let remaining = self.watcher.scan(true).await?;
+        let (representations, segments) = validate(
+            self.out_dir,
+            self.ladder,
+            self.opts,
+            self.detail,
+            &self.watcher,
+        )
+        .await?;
+
+        for out in remaining {
+            send(done, self.out_dir.join(out.file_name()), cancel).await?;
+            self.watcher.sent.insert(out);
+            self.files.push(out.file_name());
+        }
+        send(done, self.out_dir.join(MANIFEST), cancel).await?;
+        self.files.push(MANIFEST.to_owned());
+        let elapsed = self.started.elapsed();
+        tracing::debug!(
+            files = self.files.len(),
+            ?elapsed,
+            ?ffmpeg_elapsed,
+            "transcode done"
+        );
+        Ok(TranscodeReport {
+            files: std::mem::take(&mut self.files),
+            representations,
+            segments,
+            elapsed,
+            ffmpeg_elapsed,
+        })
+    }
+
+    /// Polls the output while ffmpeg runs and sends each finished file; returns ffmpeg's exit status. Fails
+    /// (and the caller kills ffmpeg) once more segments have been started than `max_segments`.
+    async fn watch(
+        &mut self,
+        child: &mut Child,
+        done: &mpsc::Sender<PathBuf>,
+        cancel: &CancellationToken,
+        max_segments: u64,
+    ) -> Result<ExitStatus, DashError> {
+        let mut tick = tokio::time::interval(POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => return Err(DashError::Cancelled),
+                status = child.wait() => {
+                    return status.map_err(|e| DashError::io("waiting for ffmpeg", e));
+                }
+                _ = tick.tick() => {
+                    for out in self.watcher.scan(false).await? {
+                        send(done, self.watcher.dir.join(out.file_name()), cancel).await?;
+                        self.watcher.sent.insert(out);
+                        self.files.push(out.file_name());
+                    }
+                    if self.watcher.most_chunks > max_segments {
+                        return Err(DashError::Corrupt(format!(
+                            "the output runs longer than the {:.1} s source ({} segments started)",
+                            self.detail.probe.duration_ms as f64 / 1000.0,
+                            self.watcher.most_chunks
+                        )));
+                    }
                 }
             }
         }
@@ -395,11 +509,11 @@ async fn read_tail(mut r: ChildStderr, cap: usize) -> String {
 async fn validate(
     out_dir: &Path,
     ladder: &[Rendition],
-    has_audio: bool,
     opts: &TranscodeOptions,
     detail: &ProbeDetail,
     watcher: &Watcher,
 ) -> Result<(usize, usize), DashError> {
+    let has_audio = detail.probe.has_audio;
     if let Some(tmp) = watcher.partial.first() {
         return Err(DashError::Corrupt(format!(
             "ffmpeg exited but left the unfinished file {tmp}"
@@ -441,7 +555,10 @@ async fn validate(
     let video_secs = detail.video_duration_ms as f64 / 1000.0;
     let expected_video_segments = (video_secs / seg).ceil() as u64;
     let all_secs = detail.probe.duration_ms as f64 / 1000.0;
-    let max_segments = (all_secs / seg).ceil() as u64 + 1;
+    // Source timing is kept, so a representation can have fewer segments than duration ÷ segment length (a
+    // sparse source has one per frame at most) but never more, and never a longer timeline than the source.
+    let margin = output_margin(detail.probe.duration()).as_secs_f64();
+    let max_segments = ((all_secs + margin) / seg).ceil() as u64 + 1;
     let mut total = 0usize;
 
     for (i, rep) in reps.iter().enumerate() {
@@ -499,27 +616,39 @@ async fn validate(
                 on_disk.len()
             )));
         }
-        if rep.kind == "video" {
-            if count.abs_diff(expected_video_segments) > 1 {
-                return Err(DashError::Corrupt(format!(
-                    "representation {id} has {count} segments, expected about {expected_video_segments} for \
-                     {video_secs:.1} s of video"
-                )));
-            }
-            // The count alone lets a short clip lose a third of its length; the timeline must cover the source
-            // within half a segment or 10 %, whichever is larger (a truncated file decodes "successfully").
-            if let Some(covered) = rep.timeline_secs {
-                let slack = (seg / 2.0).max(video_secs * 0.1);
-                if covered + slack < video_secs {
-                    return Err(DashError::Corrupt(format!(
-                        "only {covered:.1} s of {video_secs:.1} s could be decoded (the file is truncated or damaged)"
-                    )));
-                }
-            }
-        } else if count > max_segments {
+        if count > max_segments {
             return Err(DashError::Corrupt(format!(
                 "representation {id} has {count} segments, more than {max_segments} for {all_secs:.1} s"
             )));
+        }
+        if let Some(end) = rep.timeline_end_secs {
+            if end > all_secs + margin {
+                return Err(DashError::Corrupt(format!(
+                    "representation {id} runs {end:.1} s, longer than the {all_secs:.1} s source"
+                )));
+            }
+        }
+        if rep.kind == "video" {
+            match rep.timeline_secs {
+                // The timeline must cover the source within half a segment or 10 %, whichever is larger (a
+                // truncated file decodes "successfully").
+                Some(covered) => {
+                    let slack = (seg / 2.0).max(video_secs * 0.1);
+                    if covered + slack < video_secs {
+                        return Err(DashError::Corrupt(format!(
+                            "only {covered:.1} s of {video_secs:.1} s could be decoded (the file is truncated or \
+                             damaged)"
+                        )));
+                    }
+                }
+                None if count + 1 < expected_video_segments => {
+                    return Err(DashError::Corrupt(format!(
+                        "representation {id} has {count} segments, expected about {expected_video_segments} for \
+                         {video_secs:.1} s of video"
+                    )));
+                }
+                None => {}
+            }
         }
         total += on_disk.len();
     }

@@ -38,6 +38,7 @@ fn generate(name: &str, args: &[&str]) -> PathBuf {
 fn muxer(ext: &str) -> &'static str {
     match ext {
         "mp4" => "mp4",
+        "ts" => "mpegts",
         "mkv" => "matroska",
         "m4a" => "ipod",
         "png" => "image2",
@@ -198,6 +199,100 @@ fixture!(
         let path = dir().join("notes.mp4");
         std::fs::write(&path, "These are my holiday notes, not a video.\n".repeat(50))
             .expect("write text");
+        path
+    }
+);
+
+fixture!(
+    /// Three frames spread over 600 s (at 0 s, 0.04 s and 600 s; the first two give it a 25 fps time base), the
+    /// shape of issue 9's 13 KB upload that became 154 files of duplicated frames.
+    sparse,
+    generate(
+        "sparse-600s.mp4",
+        &[
+            "-f", "lavfi", "-i", "testsrc2=size=320x180:rate=25", "-frames:v", "3", "-vf",
+            "setpts='if(eq(N,2),600/TB,N)'", "-fps_mode", "passthrough", "-c:v", "libx264",
+            "-preset", "ultrafast", "-pix_fmt", "yuv420p",
+        ]
+    )
+);
+fixture!(
+    /// 5 minutes of 160x90 without audio: quick to produce segments, long to finish at a slow preset.
+    long_small,
+    generate(
+        "long-160x90-300s.mp4",
+        &[
+            "-f", "lavfi", "-i", "testsrc2=size=160x90:rate=25", "-t", "300", "-c:v", "libx264",
+            "-preset", "ultrafast", "-crf", "40", "-pix_fmt", "yuv420p",
+        ]
+    )
+);
+fixture!(
+    /// Two frames of 4096x2304: over the default 3840x2160 pixel limit.
+    oversize,
+    generate(
+        "oversize-4096x2304.mp4",
+        &[
+            "-f", "lavfi", "-i", "color=c=red:size=4096x2304:rate=25", "-frames:v", "2", "-c:v",
+            "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
+        ]
+    )
+);
+fixture!(
+    /// Two tiny frames five hours apart: over the default 4 h duration limit, yet only a few KB.
+    five_hours,
+    generate(
+        "five-hours.mp4",
+        &[
+            "-f", "lavfi", "-i", "color=c=red:size=64x64:rate=25", "-frames:v", "2", "-vf",
+            "setpts=N*18000/TB", "-fps_mode", "passthrough", "-c:v", "libx264", "-preset",
+            "ultrafast", "-pix_fmt", "yuv420p",
+        ]
+    )
+);
+fixture!(
+    /// 500 frames per second (one second of them): an absurd rate for an upload.
+    fast_rate,
+    generate(
+        "500fps.mp4",
+        &[
+            "-f", "lavfi", "-i", "testsrc2=size=64x64:rate=500", "-frames:v", "500", "-c:v",
+            "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
+        ]
+    )
+);
+fixture!(
+    /// 2 s of MPEG-TS: a video, but not in an accepted container.
+    mpegts,
+    generate(
+        "clip.ts",
+        &[
+            "-f", "lavfi", "-i", "testsrc2=size=160x90:rate=25", "-t", "2", "-c:v", "libx264",
+            "-preset", "ultrafast", "-pix_fmt", "yuv420p",
+        ]
+    )
+);
+fixture!(
+    /// [`no_audio`] with its data reference marked as external (the `url ` entry's self-contained flag
+    /// cleared): an MP4 that claims its samples live in another file.
+    external_dref,
+    {
+        let path = dir().join("external-dref.mp4");
+        if !path.exists() {
+            let mut bytes = std::fs::read(no_audio()).expect("read no_audio");
+            let dref = bytes
+                .windows(4)
+                .position(|w| w == b"dref")
+                .expect("a dref box");
+            // dref: type, version+flags (4), entry count (4), then the first entry: size (4), type (4),
+            // version (1) + flags (3).
+            let entry = dref + 4 + 8;
+            assert_eq!(&bytes[entry + 4..entry + 8], b"url ", "first entry is a url box");
+            bytes[entry + 11] &= !1;
+            let partial = dir().join(format!("partial-{}-external-dref.mp4", std::process::id()));
+            std::fs::write(&partial, &bytes).expect("write");
+            std::fs::rename(&partial, &path).expect("rename fixture");
+        }
         path
     }
 );

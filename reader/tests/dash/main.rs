@@ -5,13 +5,15 @@
 #![allow(clippy::unwrap_used)]
 
 mod fixtures;
+mod hardening;
+mod ring;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use reader::dash::{
-    self, content_type, ffmpeg_args, ladder, probe, thumbnail, transcode, DashError, Probe,
+    self, content_type, ffmpeg_args, ladder, probe, thumbnail, transcode, DashError, Limits, Probe,
     Rendition, TranscodeOptions, TranscodeReport,
 };
 use tokio::sync::mpsc;
@@ -54,12 +56,13 @@ async fn run(
         }
         got
     });
+    let _ = has_audio; // the transcoder takes it from its own probe; the caller's checks use it
     let result = transcode(
         input,
         out,
         ladder,
-        has_audio,
         opts,
+        &Limits::default(),
         tx,
         CancellationToken::new(),
     )
@@ -430,7 +433,9 @@ async fn cancel_kills_ffmpeg() {
     let cancel = CancellationToken::new();
     let task = {
         let (out, l, cancel) = (out.clone(), l.clone(), cancel.clone());
-        tokio::spawn(async move { transcode(input, &out, &l, true, &fast(), tx, cancel).await })
+        tokio::spawn(async move {
+            transcode(input, &out, &l, &fast(), &Limits::default(), tx, cancel).await
+        })
     };
     // Once a file has arrived, ffmpeg is certainly running.
     let first = tokio::time::timeout(Duration::from_secs(30), rx.recv())
@@ -476,9 +481,17 @@ async fn dropped_receiver_stops_ffmpeg() {
     let (tx, rx) = mpsc::channel::<PathBuf>(1);
     drop(rx);
     let started = Instant::now();
-    let err = transcode(input, &out, &l, true, &fast(), tx, CancellationToken::new())
-        .await
-        .expect_err("nobody listens");
+    let err = transcode(
+        input,
+        &out,
+        &l,
+        &fast(),
+        &Limits::default(),
+        tx,
+        CancellationToken::new(),
+    )
+    .await
+    .expect_err("nobody listens");
     assert!(matches!(err, DashError::Cancelled), "{err}");
     assert!(started.elapsed() < Duration::from_secs(20));
     assert!(our_ffmpegs(&out.to_string_lossy()).is_empty());

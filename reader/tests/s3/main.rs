@@ -745,6 +745,11 @@ async fn digest_mismatch_and_missed_quorum_abort() {
     assert_eq!(status, 502, "{summary}");
     s3.assert_no_leftovers("quorum missed (bad copy)").await;
     assert!(s3.objects().is_empty(), "{:?}", s3.objects());
+    // The broadcaster answers before it waits for the target's abort to be acknowledged.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !reader.proc.log().contains("aborted") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(
         reader.proc.log().contains("aborted"),
         "{}",

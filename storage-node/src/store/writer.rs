@@ -62,32 +62,40 @@ impl BlobWriter {
     pub fn create(path: PathBuf, buf_size: usize) -> io::Result<Self> {
         let file = File::options().write(true).create_new(true).open(&path)?;
         let guard = RemoveOnDrop(Some(path));
-        let (tx, mut rx) = mpsc::channel::<Bytes>(WRITE_QUEUE_DEPTH);
+        let (tx, rx) = mpsc::channel::<Bytes>(WRITE_QUEUE_DEPTH);
         let complete = Arc::new(AtomicBool::new(false));
         let done = complete.clone();
-        let thread = tokio::task::spawn_blocking(move || {
+        // A blocking thread only while a batch is written (see `common::durable::drain_to`): idle PUTs
+        // hold none.
+        let thread = tokio::spawn(async move {
             let mut out = BufWriter::with_capacity(buf_size, file);
-            // Placeholder: the checksum is not known yet.
+            // Placeholder: the checksum is not known yet (a small write into the buffer, no syscall).
             out.write_all(&[0u8; HEADER_LEN as usize])?;
-            let mut hasher = Sha256::new();
-            let mut len = 0u64;
-            while let Some(chunk) = rx.blocking_recv() {
-                hasher.update(&chunk);
-                out.write_all(&chunk)?;
-                len += chunk.len() as u64;
-            }
+            let start = (out, Sha256::new(), 0u64);
+            let (out, hasher, len) =
+                common::durable::drain_to(start, rx, |(out, hasher, len), chunk| {
+                    hasher.update(chunk);
+                    out.write_all(chunk)?;
+                    *len += chunk.len() as u64;
+                    Ok(())
+                })
+                .await?;
             if !done.load(Ordering::Acquire) {
                 return Err(io::Error::other("blob write abandoned"));
             }
-            let mut file = out.into_inner().map_err(|e| e.into_error())?;
-            let header = Header {
-                sha256: hasher.finalize().into(),
-                len,
-            };
-            file.seek(SeekFrom::Start(0))?;
-            file.write_all(&header.encode())?;
-            file.sync_all()?;
-            Ok(header)
+            tokio::task::spawn_blocking(move || {
+                let mut file = out.into_inner().map_err(|e| e.into_error())?;
+                let header = Header {
+                    sha256: hasher.finalize().into(),
+                    len,
+                };
+                file.seek(SeekFrom::Start(0))?;
+                file.write_all(&header.encode())?;
+                file.sync_all()?;
+                Ok(header)
+            })
+            .await
+            .map_err(io::Error::other)?
         });
         Ok(Self {
             tx: Some(tx),

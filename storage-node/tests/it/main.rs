@@ -7,4 +7,5 @@ mod harness;
 mod integrity;
 mod keys;
 mod lifecycle;
+mod tls;
 mod uploads;
