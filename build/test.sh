@@ -65,3 +65,9 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --locked --no-fail-fast
 fi
+
+# Every fuzz target briefly (each for FUZZ_SECONDS, default 10), after replaying the crashes found earlier
+# (fuzz/regressions). Longer runs on demand: FUZZ_SECONDS=600 build/fuzz.sh [target...] (see fuzz/README.md).
+# CI builds without ASan by default to keep a cold build short; FUZZ_SANITIZER=address for the full checks.
+log "fuzz"
+FUZZ_SANITIZER="${FUZZ_SANITIZER:-none}" bash build/fuzz.sh
