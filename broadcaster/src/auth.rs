@@ -182,16 +182,6 @@ impl Auth {
         }
     }
 
-    /// Whether requests need a token.
-    pub fn mode(&self) -> AuthMode {
-        self.mode
-    }
-
-    /// Whether the sign-in cookie must be `Secure` (the listener serves HTTPS).
-    pub fn secure_cookie(&self) -> bool {
-        self.secure_cookie
-    }
-
     /// The principal a presented token stands for.
     async fn resolve(&self, token: &str) -> Result<Principal, Rejection> {
         let h = hash(token);

@@ -113,11 +113,6 @@ impl View {
         }
         candidates
     }
-
-    /// Whether a migration is in progress.
-    pub fn migrating(&self) -> bool {
-        self.next.is_some()
-    }
 }
 
 /// Shared handle on the ring.
@@ -326,11 +321,6 @@ impl Cluster {
     /// Chunk size of raw uploads.
     pub fn chunk_size(&self) -> usize {
         self.chunk_size
-    }
-
-    /// Names this process in leases and locks.
-    pub fn holder(&self) -> &str {
-        &self.holder
     }
 
     /// Nodes that should hold `key` now: the owners under the layout in force and, during a migration,
