@@ -20,6 +20,10 @@ pub const DEFAULT_STALL_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 3_000;
 /// After the body ended, how long a target may take to fsync and report its staged copy, or to commit.
 pub const DEFAULT_STAGE_TIMEOUT_MS: u64 = 3_600_000;
+/// Incomplete resumable uploads live a day untouched (DESIGN §7).
+pub const DEFAULT_RESUMABLE_TTL_SECS: u64 = 86_400;
+/// A checkpoint every 64 MiB: a restart costs a client at most that much, and checkpoints stay rare.
+pub const DEFAULT_RESUMABLE_CHECKPOINT_BYTES: u64 = 64 << 20;
 /// How long in-flight uploads may run after SIGTERM.
 pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 30;
 /// Embedded metadata by default.
@@ -94,6 +98,11 @@ pub struct Config {
     pub repair_interval: Duration,
     /// How long a live upload's lease holds without renewal.
     pub lease_ttl: Duration,
+    /// How long an incomplete resumable upload lives untouched (`BROADCASTER_RESUMABLE_TTL_SECS`).
+    pub resumable_ttl: Duration,
+    /// A long append to a resumable upload is made durable (a checkpoint) every this many bytes
+    /// (`BROADCASTER_RESUMABLE_CHECKPOINT_BYTES`): what a broadcaster crash can cost the client.
+    pub resumable_checkpoint: u64,
     /// The cluster secret (`DISTRIBUTARY_CLUSTER_SECRET_FILE`): signs requests to targets and storage
     /// nodes, and storage nodes prove their identity with it.
     pub cluster_secret: Option<common::cluster::ClusterSecret>,
@@ -139,6 +148,8 @@ pub const VARS: &[&str] = &[
     "BROADCASTER_ORPHAN_GRACE_SECS",
     "BROADCASTER_REPAIR_INTERVAL_SECS",
     "BROADCASTER_LEASE_TTL_SECS",
+    "BROADCASTER_RESUMABLE_TTL_SECS",
+    "BROADCASTER_RESUMABLE_CHECKPOINT_BYTES",
     "BROADCASTER_ADMIN_TOKEN_FILE",
     "BROADCASTER_AUTH",
     "BROADCASTER_PUBLIC_READ",
@@ -176,6 +187,8 @@ struct RawConfig {
     orphan_grace_secs: Option<String>,
     repair_interval_secs: Option<String>,
     lease_ttl_secs: Option<String>,
+    resumable_ttl_secs: Option<String>,
+    resumable_checkpoint_bytes: Option<String>,
     admin_token_file: Option<String>,
     auth: Option<String>,
     public_read: Option<String>,
@@ -392,6 +405,19 @@ impl TryFrom<RawConfig> for Config {
                 raw.lease_ttl_secs.as_deref(),
                 DEFAULT_LEASE_TTL_SECS,
                 3,
+            )?,
+            resumable_ttl: secs(
+                "BROADCASTER_RESUMABLE_TTL_SECS",
+                raw.resumable_ttl_secs.as_deref(),
+                DEFAULT_RESUMABLE_TTL_SECS,
+                1,
+            )?,
+            resumable_checkpoint: env::number(
+                "BROADCASTER_RESUMABLE_CHECKPOINT_BYTES",
+                raw.resumable_checkpoint_bytes.as_deref(),
+                DEFAULT_RESUMABLE_CHECKPOINT_BYTES,
+                1 << 16,
+                1 << 40,
             )?,
             max_uploads: env::number(
                 "BROADCASTER_MAX_UPLOADS",

@@ -76,7 +76,7 @@ pub struct Finished {
 
 /// Why a target's request failed, with the HTTP status it answered if it answered.
 #[derive(Debug)]
-struct LaneError {
+pub(crate) struct LaneError {
     status: Option<u16>,
     message: String,
 }
@@ -99,12 +99,14 @@ pub struct Engine {
     /// One permit per upload in progress (`BROADCASTER_MAX_UPLOADS`): each holds buffers and a
     /// connection per target, so beyond the cap new uploads are refused with 503 instead of piling up.
     uploads: Arc<tokio::sync::Semaphore>,
+    /// Resumable uploads in progress in this process.
+    resumable: Arc<crate::resumable::Uploads>,
 }
 
 /// A message on a target's queue. The stream ends cleanly only on `End`; a queue dropped without it makes
 /// the request body fail, so a target can never mistake a cut-off upload for a complete one.
 #[derive(Debug)]
-enum Msg {
+pub(crate) enum Msg {
     Data(Bytes),
     End,
 }
@@ -144,7 +146,7 @@ impl Stream for QueueBody {
 }
 
 #[derive(Debug)]
-enum LaneState {
+pub(crate) enum LaneState {
     Live,
     /// Detached: broken, stalled, or staged a wrong copy.
     Failed(String),
@@ -153,25 +155,127 @@ enum LaneState {
     Aborted(String),
 }
 
+/// How a target takes part: over the stream protocol, or as the storage ring written from this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LaneKind {
+    Http,
+    Ring,
+}
+
+/// How a lane stages: the whole body in one request, or an append to a resumable upload.
+#[derive(Debug, Clone)]
+pub(crate) enum Mode {
+    OneShot,
+    Append {
+        /// Where the append starts: what the quorum holds.
+        offset: u64,
+        /// How long targets keep the staging untouched.
+        keep_secs: u64,
+        /// The ring's chunks so far (the last may be partial).
+        ring_chunks: Vec<String>,
+    },
+}
+
+/// What a lane's request answered at the end of its body.
+#[derive(Debug)]
+pub(crate) enum Reply {
+    /// A one-shot stage: the whole staged copy.
+    Staged(StagedReport),
+    /// An append: the bytes the target now holds (and, for the ring, its chunks).
+    Held {
+        bytes: u64,
+        ring_chunks: Vec<String>,
+    },
+}
+
+/// Why an upload or a segment of it stopped, if it did.
+#[derive(Debug, Default)]
+pub(crate) struct Ended {
+    pub failure: Option<Failure>,
+    pub error: Option<String>,
+}
+
+impl Ended {
+    /// Records the first failure; later ones are consequences.
+    pub fn fail(&mut self, failure: Failure, error: String) {
+        if self.failure.is_none() {
+            self.failure = Some(failure);
+            self.error = Some(error);
+        }
+    }
+}
+
+/// What [`Engine::pump`] streamed.
+#[derive(Debug)]
+pub(crate) struct Pumped {
+    /// Bytes taken from the body and queued to the lanes.
+    pub bytes: u64,
+    pub end: Ended,
+    /// The body ended cleanly (nothing more will come).
+    pub body_ended: bool,
+}
+
+/// What [`Engine::conclude`] needs of the upload.
+#[derive(Debug)]
+pub(crate) struct Concluding<'a> {
+    pub id: &'a str,
+    pub name: &'a str,
+    pub video: VideoMode,
+    pub size: u64,
+    pub digest: Sha256Digest,
+    pub started: Instant,
+    pub end: Ended,
+}
+
 /// One target's side of an upload.
-struct Lane {
-    target: Target,
+pub(crate) struct Lane {
+    pub target: Target,
+    kind: LaneKind,
     /// Bounded queue into the target's request body; `None` once detached or ended.
     tx: Option<mpsc::Sender<Msg>>,
-    task: Option<JoinHandle<Result<StagedReport, LaneError>>>,
+    task: Option<JoinHandle<Result<Reply, LaneError>>>,
     /// The target's staged report, once it arrived and matched the upload.
     report: Option<StagedReport>,
+    /// What an append left the target holding.
+    pub held: Option<(u64, Vec<String>)>,
     /// HTTP status of the target's refusal, if it refused.
     refused: Option<u16>,
     /// Queue occupancy gauge, resolved once so the per-chunk path does no label lookup or allocation.
     queue_gauge: metrics::Gauge,
     sent: Arc<AtomicU64>,
-    state: LaneState,
+    pub state: LaneState,
 }
 
 impl Lane {
-    fn is_live(&self) -> bool {
+    pub(crate) fn is_live(&self) -> bool {
         matches!(self.state, LaneState::Live)
+    }
+
+    /// A lane with no request running, ready to be finished (a resumable upload that is whole).
+    pub(crate) fn idle(target: &Target) -> Self {
+        let mut lane = Self::dropped(target, String::new());
+        lane.state = LaneState::Live;
+        lane
+    }
+
+    /// A lane that takes no part (a target an earlier segment dropped), shown in the summary as failed.
+    pub(crate) fn dropped(target: &Target, why: String) -> Self {
+        Self {
+            target: target.clone(),
+            kind: if target.is_ring {
+                LaneKind::Ring
+            } else {
+                LaneKind::Http
+            },
+            tx: None,
+            task: None,
+            report: None,
+            held: None,
+            refused: None,
+            queue_gauge: queue_gauge(target),
+            sent: Arc::new(AtomicU64::new(0)),
+            state: LaneState::Failed(why),
+        }
     }
 
     /// Detaches a lane that stopped making progress: its connection is dropped.
@@ -181,6 +285,11 @@ impl Lane {
             task.abort();
         }
         self.state = LaneState::Failed(why);
+    }
+
+    /// Cuts the lane's body off without a clean end, so the target keeps nothing of it as complete.
+    pub(crate) fn cut(&mut self) {
+        self.tx = None;
     }
 
     /// The target's request ended early (connection refused, reset, error status): record why.
@@ -199,6 +308,35 @@ impl Lane {
             None => "target task missing".to_owned(),
         };
         self.state = LaneState::Failed(why);
+    }
+}
+
+/// Reads a target's answer: its body when it succeeded, else its `{"error"}` message (shortened, never
+/// whatever else a target sends) with its status.
+async fn answer(resp: reqwest::Response) -> Result<Bytes, LaneError> {
+    let status = resp.status();
+    if !status.is_success() {
+        let body = read_body_limited(resp, MAX_REPLY_BYTES)
+            .await
+            .unwrap_or_default();
+        let text = serde_json::from_slice::<common::protocol::ErrorBody>(&body)
+            .map(|b| b.error.chars().take(300).collect::<String>())
+            .unwrap_or_else(|_| "no error message".into());
+        return Err(LaneError {
+            status: Some(status.as_u16()),
+            message: format!("target answered {status}: {}", text.trim()),
+        });
+    }
+    read_body_limited(resp, MAX_REPLY_BYTES)
+        .await
+        .map_err(|e| LaneError::from(format!("bad answer: {e}")))
+}
+
+fn ring_error(e: RingError) -> LaneError {
+    LaneError {
+        // The metadata store without quorum is "unavailable", not a bad gateway.
+        status: matches!(&e, RingError::Meta(m) if m.is_unavailable()).then_some(503),
+        message: e.to_string(),
     }
 }
 
@@ -230,6 +368,7 @@ impl Engine {
         let client = common::tls::trust(builder, config.tls_ca.as_ref()).build()?;
         Ok(Self {
             uploads: Arc::new(tokio::sync::Semaphore::new(config.max_uploads)),
+            resumable: Arc::default(),
             config,
             client,
             cluster,
@@ -250,6 +389,11 @@ impl Engine {
         (max - self.uploads.available_permits(), max)
     }
 
+    /// Resumable uploads in progress in this process.
+    pub fn resumable(&self) -> &crate::resumable::Uploads {
+        &self.resumable
+    }
+
     /// The storage ring.
     pub fn cluster(&self) -> &Arc<Cluster> {
         &self.cluster
@@ -268,164 +412,164 @@ impl Engine {
         E: std::fmt::Display,
     {
         let started = Instant::now();
-        let cfg = &self.config;
         metrics::gauge!("distributary_uploads_active").increment(1.0);
         let _active = ActiveUpload;
         let id = uuid::Uuid::new_v4().simple().to_string();
-        let mut failure = None;
-        let mut error = None;
+        let mut end = Ended::default();
         // The ring's chunks of this upload are protected from the housekeeping sweep by a lease, held until
         // they are committed (recorded) or deleted.
-        let _lease = if cfg.targets.iter().any(|t| t.is_ring) {
+        let _lease = if self.config.targets.iter().any(|t| t.is_ring) {
             match self.cluster.lease(&id, vec![format!("raw.{id}")]).await {
                 Ok(guard) => Some(guard),
                 Err(e) => {
-                    failure = Some(Failure::Unavailable);
-                    error = Some(format!("cannot register the upload: {e}"));
+                    end.fail(
+                        Failure::Unavailable,
+                        format!("cannot register the upload: {e}"),
+                    );
                     None
                 }
             }
         } else {
             None
         };
-        let mut lanes: Vec<Lane> = cfg
+        let mut lanes: Vec<Lane> = self
+            .config
             .targets
             .iter()
-            .map(|t| self.open_lane(t, &id, &req.name, req.video))
+            .map(|t| self.open_lane(t, &id, &req.name, req.video, &Mode::OneShot))
             .collect();
 
         let mut hasher = Sha256::new();
         let mut quick = xxhash_rust::xxh3::Xxh3::new();
-        let mut total = 0u64;
-        let mut buf = BytesMut::with_capacity(cfg.buffer_size);
-
         // A client that stops sending for this long is gone: its slot and its targets' staging are freed.
-        let body = common::guard::IdleTimeout::new(Box::pin(body), cfg.body_idle_timeout);
+        let body = common::guard::IdleTimeout::new(Box::pin(body), self.config.body_idle_timeout);
         futures_util::pin_mut!(body);
-        while failure.is_none() {
-            let frame = match body.next().await {
-                None => break,
-                Some(Ok(frame)) => frame,
-                Some(Err(e)) => {
-                    failure = Some(Failure::ClientGone);
-                    error = Some(format!("client body failed: {e}"));
-                    break;
-                }
-            };
-            total += frame.len() as u64;
-            metrics::counter!("distributary_upload_bytes_received_total")
-                .increment(frame.len() as u64);
-            if let Some(max) = cfg.max_upload_bytes {
-                if total > max {
-                    failure = Some(Failure::TooLarge);
-                    error = Some(format!("body exceeds the limit of {max} bytes"));
-                    break;
-                }
-            }
-            hasher.update(&frame);
-            quick.update(&frame);
-            let mut rest = &frame[..];
-            while !rest.is_empty() {
-                let take = rest.len().min(cfg.buffer_size - buf.len());
-                buf.extend_from_slice(&rest[..take]);
-                rest = &rest[take..];
-                if buf.len() == cfg.buffer_size {
-                    let chunk =
-                        std::mem::replace(&mut buf, BytesMut::with_capacity(cfg.buffer_size))
-                            .freeze();
-                    self.dispatch(&mut lanes, Msg::Data(chunk)).await;
-                }
-            }
-            if live(&lanes) < cfg.min_success {
-                failure = Some(Failure::Quorum);
-                error = Some(quorum_error(&lanes, cfg.min_success));
-            }
-        }
-        if failure.is_none() && !buf.is_empty() {
-            self.dispatch(&mut lanes, Msg::Data(buf.split().freeze()))
+        let mut carry = None;
+        let total = if end.failure.is_none() {
+            let pumped = self
+                .pump(&mut lanes, body, &mut carry, 0, u64::MAX, &mut |b| {
+                    hasher.update(b);
+                    quick.update(b);
+                })
                 .await;
-        }
+            end = pumped.end;
+            pumped.bytes
+        } else {
+            0
+        };
         let digest: Sha256Digest = hasher.finalize().into();
         let xxh3 = common::protocol::xxh3_hex(quick.digest128());
 
-        if failure.is_none() {
+        if end.failure.is_none() {
             if let Some(len) = req.declared_len.filter(|&l| l != total) {
-                failure = Some(Failure::ClientGone);
-                error = Some(format!("body ended after {total} of {len} announced bytes"));
+                end.fail(
+                    Failure::ClientGone,
+                    format!("body ended after {total} of {len} announced bytes"),
+                );
             }
         }
-        if failure.is_none() {
+        if end.failure.is_none() {
             if let Some(expected) = req.expected_sha256.filter(|e| *e != digest) {
-                failure = Some(Failure::DigestMismatch);
-                error = Some(format!(
-                    "digest mismatch: client announced sha-256 {}, received {}",
-                    hex::encode(expected),
-                    hex::encode(digest)
-                ));
+                end.fail(
+                    Failure::DigestMismatch,
+                    format!(
+                        "digest mismatch: client announced sha-256 {}, received {}",
+                        hex::encode(expected),
+                        hex::encode(digest)
+                    ),
+                );
             }
         }
-
-        if failure.is_none() {
+        if end.failure.is_none() {
             // Phase 1 ends: every live target gets a clean end of body and reports its staged copy.
             self.dispatch(&mut lanes, Msg::End).await;
-            self.collect_staged(&mut lanes, total, &digest, &xxh3).await;
+            self.collect_staged(&mut lanes, total, &hex::encode(digest), Some(&xxh3))
+                .await;
+        }
+        self.conclude(
+            lanes,
+            Concluding {
+                id: &id,
+                name: &req.name,
+                video: req.video,
+                size: total,
+                digest,
+                started,
+                end,
+            },
+        )
+        .await
+    }
+
+    /// Phase 2 once every lane staged or failed: checks the quorum and what a transcoding target made of a
+    /// video, then commits on every staged target or aborts on all of them, and sums up.
+    pub(crate) async fn conclude(&self, mut lanes: Vec<Lane>, c: Concluding<'_>) -> Finished {
+        let cfg = &self.config;
+        let Concluding {
+            id,
+            name,
+            video: mode,
+            size,
+            digest,
+            started,
+            mut end,
+        } = c;
+        if end.failure.is_none() {
             let refused = lanes
                 .iter()
                 .find_map(|l| l.refused.filter(|s| *s == 415 || *s == 422));
             let video = lanes
                 .iter()
                 .find_map(|l| l.report.as_ref().and_then(|r| r.video.clone()));
-            if let (VideoMode::Required, Some(status)) = (req.video, refused) {
-                failure = Some(Failure::Rejected(status));
-                error = lanes
+            if let (VideoMode::Required, Some(status)) = (mode, refused) {
+                let why = lanes
                     .iter()
                     .find(|l| l.refused == Some(status))
                     .and_then(|l| match &l.state {
                         LaneState::Failed(e) => Some(e.clone()),
                         _ => None,
-                    });
-            } else if req.video == VideoMode::Required && video.is_none() {
-                failure = Some(Failure::NoTranscoder);
-                error = Some(
+                    })
+                    .unwrap_or_default();
+                end.fail(Failure::Rejected(status), why);
+            } else if mode == VideoMode::Required && video.is_none() {
+                end.fail(
+                    Failure::NoTranscoder,
                     "no target transcoded the video: is a dash reader in BROADCASTER_HOST_LIST?"
                         .into(),
                 );
             } else if staged(&lanes) < cfg.min_success {
-                failure = Some(Failure::Quorum);
-                error = Some(quorum_error(&lanes, cfg.min_success));
+                end.fail(Failure::Quorum, quorum_error(&lanes, cfg.min_success));
             }
         }
 
-        if failure == Some(Failure::Quorum) {
+        if end.failure == Some(Failure::Quorum) {
             if let Some(lane) = lanes.iter().find(|l| l.refused == Some(503)) {
-                failure = Some(Failure::Unavailable);
+                end.failure = Some(Failure::Unavailable);
                 if let LaneState::Failed(e) = &lane.state {
-                    error = Some(format!("{}: {e}", lane.target));
+                    end.error = Some(format!("{}: {e}", lane.target));
                 }
             }
         }
-        if failure.is_none() {
+        if end.failure.is_none() {
             // Phase 2.
-            self.commit_all(&mut lanes, &id, &req.name, total, &digest)
-                .await;
+            self.commit_all(&mut lanes, id, name, size, &digest).await;
             let committed = count(&lanes, |s| matches!(s, LaneState::Committed));
             if committed < cfg.min_success {
                 // Commits that did happen cannot be taken back; they hold complete, verified copies.
-                tracing::error!(name = %req.name, committed, required = cfg.min_success, "quorum lost during commit");
-                failure = Some(Failure::Quorum);
-                error = Some(quorum_error(&lanes, cfg.min_success));
+                tracing::error!(%name, committed, required = cfg.min_success, "quorum lost during commit");
+                end.fail(Failure::Quorum, quorum_error(&lanes, cfg.min_success));
             }
         } else {
-            let why = error.clone().unwrap_or_default();
-            self.abort_all(&mut lanes, &id, &why).await;
+            let why = end.error.clone().unwrap_or_default();
+            self.abort_all(&mut lanes, id, &why).await;
         }
-        self.abort_failed(&lanes, &id);
+        self.abort_failed(&lanes, id);
 
         let summary = Summary {
-            name: req.name.clone(),
-            size: total,
+            name: name.to_owned(),
+            size,
             sha256: hex::encode(digest),
-            outcome: if failure.is_none() {
+            outcome: if end.failure.is_none() {
                 Outcome::Committed
             } else {
                 Outcome::Failed
@@ -433,11 +577,11 @@ impl Engine {
             committed: count(&lanes, |s| matches!(s, LaneState::Committed)),
             required: cfg.min_success,
             duration_ms: started.elapsed().as_millis() as u64,
-            error,
+            error: end.error,
             targets: lanes.iter().map(report).collect(),
         };
         log_summary(&summary, started.elapsed());
-        record_metrics(&summary, &failure, started.elapsed());
+        record_metrics(&summary, &end.failure, started.elapsed());
         let video = if summary.outcome == Outcome::Committed {
             lanes
                 .iter()
@@ -447,12 +591,106 @@ impl Engine {
         };
         Finished {
             summary,
-            failure,
+            failure: end.failure,
             video,
         }
     }
 
-    fn open_lane(&self, target: &Target, id: &str, name: &str, video: VideoMode) -> Lane {
+    /// Streams the body into every live lane until it ends, breaks, or `limit` bytes went; bytes of a frame
+    /// past `limit` are left in `carry` for the next call. `base` is what earlier calls streamed (for the
+    /// size limit). Every byte is shown to `seen` before it is queued.
+    pub(crate) async fn pump<S, E>(
+        &self,
+        lanes: &mut [Lane],
+        mut body: Pin<&mut S>,
+        carry: &mut Option<Bytes>,
+        base: u64,
+        limit: u64,
+        seen: &mut (dyn FnMut(&[u8]) + Send),
+    ) -> Pumped
+    where
+        S: Stream<Item = Result<Bytes, E>> + ?Sized,
+        E: std::fmt::Display,
+    {
+        let cfg = &self.config;
+        let mut end = Ended::default();
+        let mut total = 0u64;
+        let mut finished = false;
+        let mut buf = BytesMut::with_capacity(cfg.buffer_size);
+        while end.failure.is_none() && total < limit {
+            let mut frame = match carry.take() {
+                Some(f) => f,
+                None => match body.next().await {
+                    None => {
+                        finished = true;
+                        break;
+                    }
+                    Some(Ok(frame)) => {
+                        metrics::counter!("distributary_upload_bytes_received_total")
+                            .increment(frame.len() as u64);
+                        frame
+                    }
+                    Some(Err(e)) => {
+                        end.fail(Failure::ClientGone, format!("client body failed: {e}"));
+                        break;
+                    }
+                },
+            };
+            let room = (limit - total).min(usize::MAX as u64) as usize;
+            if frame.len() > room {
+                *carry = Some(frame.split_off(room));
+            }
+            total += frame.len() as u64;
+            if let Some(max) = cfg.max_upload_bytes {
+                if base + total > max {
+                    end.fail(
+                        Failure::TooLarge,
+                        format!("body exceeds the limit of {max} bytes"),
+                    );
+                    break;
+                }
+            }
+            seen(&frame);
+            let mut rest = &frame[..];
+            while !rest.is_empty() {
+                let take = rest.len().min(cfg.buffer_size - buf.len());
+                buf.extend_from_slice(&rest[..take]);
+                rest = &rest[take..];
+                if buf.len() == cfg.buffer_size {
+                    let chunk =
+                        std::mem::replace(&mut buf, BytesMut::with_capacity(cfg.buffer_size))
+                            .freeze();
+                    self.dispatch(lanes, Msg::Data(chunk)).await;
+                }
+            }
+            if live(lanes) < cfg.min_success {
+                end.fail(Failure::Quorum, quorum_error(lanes, cfg.min_success));
+            }
+        }
+        // What was received is handed on even when the client broke off: a resumable upload keeps it.
+        if !buf.is_empty() && !matches!(end.failure, Some(Failure::TooLarge)) {
+            self.dispatch(lanes, Msg::Data(buf.split().freeze())).await;
+        }
+        if total >= limit && carry.is_none() && end.failure.is_none() {
+            // The segment is full; whether the body has more shows on the next call.
+            finished = false;
+        }
+        Pumped {
+            bytes: total,
+            end,
+            body_ended: finished,
+        }
+    }
+
+    /// Opens one lane for `target`.
+    pub(crate) fn open_lane(
+        &self,
+        target: &Target,
+        id: &str,
+        name: &str,
+        video: VideoMode,
+        mode: &Mode,
+    ) -> Lane {
         let (tx, rx) = mpsc::channel(self.config.queue_depth);
         let sent = Arc::new(AtomicU64::new(0));
         let body = QueueBody {
@@ -460,74 +698,89 @@ impl Engine {
             sent: sent.clone(),
             done: false,
         };
-        if target.is_ring {
-            let task = tokio::spawn(self.cluster.clone().stage_chunks(id.to_owned(), body));
-            let task = tokio::spawn(async move {
-                task.await
-                    .map_err(|e| LaneError::from(format!("ring task: {e}")))?
-                    .map_err(|e| LaneError {
-                        // The metadata store without quorum is "unavailable", not a bad gateway.
-                        status: matches!(&e, RingError::Meta(m) if m.is_unavailable())
-                            .then_some(503),
-                        message: e.to_string(),
-                    })
-            });
-            return Lane {
-                target: target.clone(),
-                tx: Some(tx),
-                task: Some(task),
-                sent,
-                state: LaneState::Live,
-                report: None,
-                refused: None,
-                queue_gauge: queue_gauge(target),
-            };
-        }
-        let request = self
-            .client
-            .put(target.stage_url(id, name))
-            .header(VIDEO_HEADER, video.as_str())
-            .body(reqwest::Body::wrap_stream(body));
-        let (client, secret) = (self.client.clone(), self.config.cluster_secret.clone());
-        let task = tokio::spawn(async move {
-            let resp = send_signed(&client, secret.as_ref(), request)
-                .await
-                .map_err(|e| LaneError::from(describe(&e)))?;
-            let status = resp.status();
-            if !status.is_success() {
-                let body = read_body_limited(resp, MAX_REPLY_BYTES)
-                    .await
-                    .unwrap_or_default();
-                // Targets answer `{"error": "…"}`; only that message is passed on, shortened, never
-                // whatever else a target sends.
-                let text = serde_json::from_slice::<common::protocol::ErrorBody>(&body)
-                    .map(|b| b.error.chars().take(300).collect::<String>())
-                    .unwrap_or_else(|_| "no error message".into());
-                return Err(LaneError {
-                    status: Some(status.as_u16()),
-                    message: format!("target answered {status}: {}", text.trim()),
-                });
+        let kind = if target.is_ring {
+            LaneKind::Ring
+        } else {
+            LaneKind::Http
+        };
+        let task = match (&kind, mode) {
+            (LaneKind::Ring, Mode::OneShot) => {
+                let task = self.cluster.clone().stage_chunks(id.to_owned(), body);
+                tokio::spawn(async move { task.await.map(Reply::Staged).map_err(ring_error) })
             }
-            let body = read_body_limited(resp, MAX_REPLY_BYTES)
-                .await
-                .map_err(|e| LaneError::from(format!("bad staged report: {e}")))?;
-            serde_json::from_slice::<StagedReport>(&body)
-                .map_err(|e| LaneError::from(format!("bad staged report: {e}")))
-        });
+            (
+                LaneKind::Ring,
+                Mode::Append {
+                    offset,
+                    ring_chunks,
+                    ..
+                },
+            ) => {
+                let task = self.cluster.clone().append_chunks(
+                    id.to_owned(),
+                    ring_chunks.clone(),
+                    *offset,
+                    body,
+                );
+                tokio::spawn(async move {
+                    task.await
+                        .map(|(bytes, chunks)| Reply::Held {
+                            bytes,
+                            ring_chunks: chunks,
+                        })
+                        .map_err(ring_error)
+                })
+            }
+            (LaneKind::Http, mode) => {
+                let request = match mode {
+                    Mode::OneShot => self.client.put(target.stage_url(id, name)),
+                    Mode::Append {
+                        offset, keep_secs, ..
+                    } => self
+                        .client
+                        .patch(format!("{}?offset={offset}", target.stage_url(id, name)))
+                        .header(common::participant::KEEP_HEADER, keep_secs.to_string()),
+                }
+                .header(VIDEO_HEADER, video.as_str())
+                .body(reqwest::Body::wrap_stream(body));
+                let (client, secret) = (self.client.clone(), self.config.cluster_secret.clone());
+                let one_shot = matches!(mode, Mode::OneShot);
+                tokio::spawn(async move {
+                    let resp = send_signed(&client, secret.as_ref(), request)
+                        .await
+                        .map_err(|e| LaneError::from(describe(&e)))?;
+                    let body = answer(resp).await?;
+                    if one_shot {
+                        serde_json::from_slice::<StagedReport>(&body)
+                            .map(Reply::Staged)
+                            .map_err(|e| LaneError::from(format!("bad staged report: {e}")))
+                    } else {
+                        serde_json::from_slice::<common::participant::Held>(&body)
+                            .map(|h| Reply::Held {
+                                bytes: h.bytes,
+                                ring_chunks: Vec::new(),
+                            })
+                            .map_err(|e| LaneError::from(format!("bad append report: {e}")))
+                    }
+                })
+            }
+        };
         Lane {
             target: target.clone(),
+            kind,
             tx: Some(tx),
             task: Some(task),
             sent,
             state: LaneState::Live,
             report: None,
+            held: None,
             refused: None,
             queue_gauge: queue_gauge(target),
         }
     }
 
     /// Hands one message to every live target, detaching any whose queue stays full past the stall timeout.
-    async fn dispatch(&self, lanes: &mut [Lane], msg: Msg) {
+    pub(crate) async fn dispatch(&self, lanes: &mut [Lane], msg: Msg) {
         let stall = self.config.stall_timeout;
         for lane in lanes.iter_mut().filter(|l| l.is_live()) {
             let Some(tx) = &lane.tx else { continue };
@@ -554,16 +807,16 @@ impl Engine {
         }
     }
 
-    /// Waits for each live target's staged report and checks it against what the client sent.
-    async fn collect_staged(
+    /// Waits for every live lane's answer to the end of its body: a staged report (checked against what
+    /// the client sent) or, for an append, the bytes it now holds.
+    pub(crate) async fn collect_staged(
         &self,
         lanes: &mut [Lane],
         total: u64,
-        digest: &Sha256Digest,
-        xxh3: &str,
+        sha256: &str,
+        xxh3: Option<&str>,
     ) {
         let timeout = self.config.stage_timeout;
-        let want = &hex::encode(digest);
         let waits = lanes
             .iter_mut()
             .filter(|l| l.is_live())
@@ -580,8 +833,74 @@ impl Engine {
                         lane.refused = e.status;
                         LaneState::Failed(e.message)
                     }
-                    Ok(Ok(Ok(r))) => match r.verify(total, want, xxh3) {
+                    Ok(Ok(Ok(Reply::Held { bytes, ring_chunks }))) => {
+                        lane.held = Some((bytes, ring_chunks));
+                        LaneState::Staged
+                    }
+                    Ok(Ok(Ok(Reply::Staged(r)))) => {
+                        let checked = match xxh3 {
+                            Some(x) => r.verify(total, sha256, x),
+                            None => r.verify_sha256(total, sha256),
+                        };
+                        match checked {
+                            Ok(()) => {
+                                lane.report = Some(r);
+                                LaneState::Staged
+                            }
+                            Err(e) => LaneState::Failed(e),
+                        }
+                    }
+                };
+            });
+        futures_util::future::join_all(waits).await;
+    }
+
+    /// A resumable upload is whole: every lane still in it stages the whole of it and reports, checked
+    /// against the SHA-256 of the whole upload. The ring's lane reports the chunks already written.
+    pub(crate) async fn finish_lanes(
+        &self,
+        lanes: &mut [Lane],
+        id: &str,
+        total: u64,
+        sha256: &str,
+        ring_chunks: &[String],
+    ) {
+        let timeout = self.config.stage_timeout;
+        let finishes = lanes
+            .iter_mut()
+            .filter(|l| matches!(l.state, LaneState::Staged | LaneState::Live))
+            .map(|lane| async move {
+                lane.state = LaneState::Live;
+                let reply = match lane.kind {
+                    LaneKind::Ring => Ok(StagedReport {
+                        bytes: total,
+                        sha256: Some(sha256.to_owned()),
+                        chunk_sha256: ring_chunks.to_vec(),
+                        ..Default::default()
+                    }),
+                    LaneKind::Http => {
+                        let url = format!("{}/finish", lane.target.abort_url(id));
+                        match self.send(self.client.post(url).timeout(timeout)).await {
+                            Ok(resp) => match answer(resp).await {
+                                Ok(body) => {
+                                    serde_json::from_slice::<StagedReport>(&body).map_err(|e| {
+                                        LaneError::from(format!("bad staged report: {e}"))
+                                    })
+                                }
+                                Err(e) => Err(e),
+                            },
+                            Err(e) => Err(LaneError::from(describe(&e))),
+                        }
+                    }
+                };
+                lane.state = match reply {
+                    Err(e) => {
+                        lane.refused = e.status;
+                        LaneState::Failed(e.message)
+                    }
+                    Ok(r) => match r.verify_sha256(total, sha256) {
                         Ok(()) => {
+                            lane.sent.store(total, Ordering::Relaxed);
                             lane.report = Some(r);
                             LaneState::Staged
                         }
@@ -589,7 +908,7 @@ impl Engine {
                     },
                 };
             });
-        futures_util::future::join_all(waits).await;
+        futures_util::future::join_all(finishes).await;
     }
 
     async fn commit_all(
@@ -607,32 +926,33 @@ impl Engine {
             .iter_mut()
             .filter(|l| matches!(l.state, LaneState::Staged))
             .map(|lane| async move {
-                if lane.target.is_ring {
-                    let chunks = lane
-                        .report
-                        .as_ref()
-                        .map(|r| r.chunk_sha256.clone())
-                        .unwrap_or_default();
-                    lane.state = match self.cluster.commit_file(name, id, size, sha, chunks).await {
-                        Ok(()) => LaneState::Committed,
-                        Err(e) => LaneState::Failed(format!("commit failed: {e}")),
-                    };
-                    return;
-                }
-                let url = lane.target.commit_url(id);
-                let res = self.send(client.post(url).timeout(timeout)).await;
-                lane.state = match res {
-                    Ok(r) if r.status().is_success() => LaneState::Committed,
-                    Ok(r) => LaneState::Failed(format!("commit answered {}", r.status())),
-                    Err(e) => LaneState::Failed(format!("commit failed: {}", describe(&e))),
+                lane.state = match lane.kind {
+                    LaneKind::Ring => {
+                        let chunks = lane
+                            .report
+                            .as_ref()
+                            .map(|r| r.chunk_sha256.clone())
+                            .unwrap_or_default();
+                        match self.cluster.commit_file(name, id, size, sha, chunks).await {
+                            Ok(()) => LaneState::Committed,
+                            Err(e) => LaneState::Failed(format!("commit failed: {e}")),
+                        }
+                    }
+                    LaneKind::Http => {
+                        let url = lane.target.commit_url(id);
+                        match self.send(client.post(url).timeout(timeout)).await {
+                            Ok(r) if r.status().is_success() => LaneState::Committed,
+                            Ok(r) => LaneState::Failed(format!("commit answered {}", r.status())),
+                            Err(e) => LaneState::Failed(format!("commit failed: {}", describe(&e))),
+                        }
+                    }
                 };
             });
         futures_util::future::join_all(commits).await;
     }
 
     /// Tells every target still in the upload to discard it, and waits (briefly) until they did.
-    async fn abort_all(&self, lanes: &mut [Lane], id: &str, why: &str) {
-        let client = &self.client;
+    pub(crate) async fn abort_all(&self, lanes: &mut [Lane], id: &str, why: &str) {
         let aborts = lanes
             .iter_mut()
             .filter(|l| matches!(l.state, LaneState::Live | LaneState::Staged))
@@ -644,51 +964,56 @@ impl Engine {
                         tracing::warn!(target = %lane.target, "target did not notice the abort in time");
                     }
                 }
-                if lane.target.is_ring {
-                    self.cluster.delete_chunks(id, ring_chunks(&self.cluster, lane)).await;
-                } else {
-                    let _ = self
-                        .send(client.delete(lane.target.abort_url(id)).timeout(ABORT_TIMEOUT))
-                        .await;
-                }
+                self.discard(lane.kind, &lane.target, lane.sent.load(Ordering::Relaxed), id)
+                    .await;
                 lane.state = LaneState::Aborted(why.to_owned());
             });
         futures_util::future::join_all(aborts).await;
     }
 
+    /// Removes whatever a target staged of upload `id` (`sent`: bytes handed to it).
+    pub(crate) async fn discard(&self, kind: LaneKind, target: &Target, sent: u64, id: &str) {
+        match kind {
+            LaneKind::Ring => {
+                self.cluster
+                    .delete_chunks(id, ring_chunks(&self.cluster, sent))
+                    .await
+            }
+            LaneKind::Http => {
+                let _ = self
+                    .send(
+                        self.client
+                            .delete(target.abort_url(id))
+                            .timeout(ABORT_TIMEOUT),
+                    )
+                    .await;
+            }
+        }
+    }
+
     /// Detached targets may still hold staging; tell them to drop it without making the client wait.
-    fn abort_failed(&self, lanes: &[Lane], id: &str) {
+    pub(crate) fn abort_failed(&self, lanes: &[Lane], id: &str) {
         for lane in lanes
             .iter()
             .filter(|l| matches!(l.state, LaneState::Failed(_)))
         {
-            if lane.target.is_ring {
-                let cluster = self.cluster.clone();
-                let (id, n) = (id.to_owned(), ring_chunks(&self.cluster, lane));
-                tokio::spawn(async move { cluster.delete_chunks(&id, n).await });
-                continue;
-            }
-            let req = self
-                .client
-                .delete(lane.target.abort_url(id))
-                .timeout(ABORT_TIMEOUT);
-            let (client, secret) = (self.client.clone(), self.config.cluster_secret.clone());
-            tokio::spawn(async move {
-                let _ = send_signed(&client, secret.as_ref(), req).await;
-            });
+            let (me, id) = (self.clone(), id.to_owned());
+            let (kind, target, sent) = (
+                lane.kind,
+                lane.target.clone(),
+                lane.sent.load(Ordering::Relaxed),
+            );
+            tokio::spawn(async move { me.discard(kind, &target, sent, &id).await });
         }
     }
 }
 
 /// Chunks a ring lane may have written: every chunk it received bytes for.
-fn ring_chunks(cluster: &Cluster, lane: &Lane) -> u64 {
-    lane.sent
-        .load(Ordering::Relaxed)
-        .div_ceil(cluster.chunk_size() as u64)
-        + 1
+pub(crate) fn ring_chunks(cluster: &Cluster, sent: u64) -> u64 {
+    sent.div_ceil(cluster.chunk_size() as u64) + 1
 }
 
-fn live(lanes: &[Lane]) -> usize {
+pub(crate) fn live(lanes: &[Lane]) -> usize {
     count(lanes, |s| matches!(s, LaneState::Live))
 }
 
@@ -700,7 +1025,7 @@ fn count(lanes: &[Lane], f: impl Fn(&LaneState) -> bool) -> usize {
     lanes.iter().filter(|l| f(&l.state)).count()
 }
 
-fn quorum_error(lanes: &[Lane], required: usize) -> String {
+pub(crate) fn quorum_error(lanes: &[Lane], required: usize) -> String {
     let ok = count(lanes, |s| {
         matches!(
             s,

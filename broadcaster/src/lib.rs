@@ -25,6 +25,7 @@ pub mod content;
 pub mod error;
 pub mod fanout;
 pub mod housekeeping;
+pub mod resumable;
 pub mod routes;
 
 /// The storage ring client (its own crate so that readers can place blobs too).
@@ -89,6 +90,7 @@ pub async fn run(
     housekeeping::spawn(cluster.clone(), &config, shutdown.clone(), &workers);
     workers.close();
     let engine = fanout::Engine::new(Arc::new(config), cluster)?;
+    resumable::spawn_expiry(engine.clone(), shutdown.clone());
     let served = common::server::serve(
         listener,
         routes::app(engine.clone()),

@@ -44,6 +44,7 @@ pub fn app(engine: Engine) -> Router {
             get(crate::content::get_content).head(crate::content::get_content),
         )
         .merge(crate::admin::routes())
+        .merge(crate::resumable::http::routes())
         .merge(crate::web::routes(crate::web::Assets::new(
             engine.config().web_dir.clone(),
         )))

@@ -14,7 +14,7 @@ use futures_util::TryStreamExt;
 use meta::{MetaError, VideoRecord};
 
 use crate::error::BroadcastError;
-use crate::fanout::{Engine, Failure, UploadRequest};
+use crate::fanout::{Engine, Failure, Finished, UploadRequest};
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -116,8 +116,35 @@ async fn upload(
     }
     let name =
         common::name::normalize_name(&name).map_err(|e| bad(format!("bad file name: {e}")))?;
-    let id = common::name::video_id(&name).map_err(|e| bad(format!("bad video id: {e}")))?;
-    if let Some(p) = &principal {
+    let id = video_id_for(&name, principal.as_ref())?;
+    if engine.config().targets.is_empty() {
+        return Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            BroadcastError::NoTargets.to_string(),
+        ));
+    }
+
+    let job = VideoJob::begin(&engine, &id).await?;
+    let req = UploadRequest {
+        name,
+        expected_sha256: None,
+        declared_len: None,
+        video: VideoMode::Required,
+    };
+    let done = engine.run(req, field.map_err(|e| e.body_text())).await;
+    job.end(&done).await?;
+    Ok(id)
+}
+
+/// Checks a video upload's name for the caller before anything is written: the video id it makes, and
+/// that the caller may upload under it.
+pub fn video_id_for(
+    name: &str,
+    principal: Option<&crate::auth::Principal>,
+) -> Result<String, (StatusCode, String)> {
+    let bad = |m: String| (StatusCode::BAD_REQUEST, m);
+    let id = common::name::video_id(name).map_err(|e| bad(format!("bad video id: {e}")))?;
+    if let Some(p) = principal {
         if !p.allows(crate::auth::Scope::Upload, Some(&id)) {
             return Err((
                 StatusCode::FORBIDDEN,
@@ -129,104 +156,123 @@ async fn upload(
         // `raw.*` names the ring's chunks of raw uploads.
         return Err(bad("video ids may not start with `raw.`".into()));
     }
-    if engine.config().targets.is_empty() {
-        return Err((
-            StatusCode::SERVICE_UNAVAILABLE,
-            BroadcastError::NoTargets.to_string(),
-        ));
-    }
+    Ok(id)
+}
 
-    let meta = engine.cluster().meta().clone();
-    // The transcoder writes the video's files to the ring while this runs; the lease keeps the sweep off
-    // them (and off the `processing` record) until the record says `ready` or the files are gone.
-    let _lease = engine
-        .cluster()
-        .lease(
-            &format!("video-{}", uuid::Uuid::new_v4().simple()),
-            vec![id.clone()],
-        )
-        .await
-        .map_err(|e| {
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("cannot register the upload: {e}"),
+impl std::fmt::Debug for VideoJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VideoJob")
+            .field("id", &self.record.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A video in the catalogue while its upload is transcoded: `processing` from [`VideoJob::begin`] until
+/// [`VideoJob::end`] makes it `ready` (or failed, or gone).
+pub struct VideoJob {
+    meta: std::sync::Arc<dyn meta::MetaStore>,
+    record: VideoRecord,
+    /// The transcoder writes the video's files to the ring while this runs; the lease keeps the sweep off
+    /// them (and off the `processing` record) until the record says `ready` or the files are gone.
+    _lease: ring_client::maintenance::LeaseGuard,
+}
+
+impl VideoJob {
+    /// Lists video `id` as `processing` (or refuses: the id is taken, the store is unavailable).
+    pub async fn begin(engine: &Engine, id: &str) -> Result<Self, (StatusCode, String)> {
+        let meta = engine.cluster().meta().clone();
+        let lease = engine
+            .cluster()
+            .lease(
+                &format!("video-{}", uuid::Uuid::new_v4().simple()),
+                vec![id.to_owned()],
             )
-        })?;
-    let record = VideoRecord {
-        id: id.clone(),
-        status: meta::VideoRecord::PROCESSING.to_owned(),
-        created_unix_ms: now_ms(),
-        duration_ms: None,
-        files: Vec::new(),
-        error: None,
-        digests: Default::default(),
-    };
-    match meta.create_video(&record).await {
-        Ok(()) => {}
-        Err(MetaError::AlreadyExists) => {
-            // A failed attempt may be retried under the same id; anything else keeps its id.
-            let existing = meta.get_video(&id).await.map_err(unavailable)?;
-            match existing {
-                Some(v) if v.status == meta::VideoRecord::FAILED => {
-                    meta.put_video(&record).await.map_err(unavailable)?
+            .await
+            .map_err(|e| {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("cannot register the upload: {e}"),
+                )
+            })?;
+        let record = VideoRecord {
+            id: id.to_owned(),
+            status: meta::VideoRecord::PROCESSING.to_owned(),
+            created_unix_ms: now_ms(),
+            duration_ms: None,
+            files: Vec::new(),
+            error: None,
+            digests: Default::default(),
+        };
+        match meta.create_video(&record).await {
+            Ok(()) => {}
+            Err(MetaError::AlreadyExists) => {
+                // A failed attempt may be retried under the same id; anything else keeps its id.
+                let existing = meta.get_video(id).await.map_err(unavailable)?;
+                match existing {
+                    Some(v) if v.status == meta::VideoRecord::FAILED => {
+                        meta.put_video(&record).await.map_err(unavailable)?
+                    }
+                    _ => return Err((StatusCode::CONFLICT, format!("video id `{id}` is taken"))),
                 }
-                _ => return Err((StatusCode::CONFLICT, format!("video id `{id}` is taken"))),
             }
+            Err(e) => return Err(unavailable(e)),
         }
-        Err(e) => return Err(unavailable(e)),
+        Ok(Self {
+            meta,
+            record,
+            _lease: lease,
+        })
     }
 
-    let req = UploadRequest {
-        name,
-        expected_sha256: None,
-        declared_len: None,
-        video: VideoMode::Required,
-    };
-    let done = engine.run(req, field.map_err(|e| e.body_text())).await;
-    match (done.failure, done.video) {
-        (None, Some(video)) => {
-            let ready = VideoRecord {
-                status: meta::VideoRecord::READY.to_owned(),
-                duration_ms: Some(video.duration_ms),
-                files: video.files,
-                digests: video.digests,
-                ..record.clone()
-            };
-            if let Err(e) = meta.put_video(&ready).await {
-                // The files are on the ring but the catalogue could not say so: report, keep it retryable.
-                let _ = mark_failed(&meta, &record, &e.to_string()).await;
-                return Err(unavailable(e));
-            }
-            Ok(id)
-        }
-        (None, None) => {
-            let _ = meta.delete_video(&id).await;
-            Err((
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the upload committed but no target produced a video".into(),
-            ))
-        }
-        (Some(failure), _) => {
-            let status = crate::routes::status_of(StatusCode::OK, &Some(failure.clone()));
-            let message = done
-                .summary
-                .error
-                .clone()
-                .unwrap_or_else(|| "upload failed".into());
-            match failure {
-                // The client's fault: nothing of it stays, not even its name.
-                Failure::Rejected(_)
-                | Failure::ClientGone
-                | Failure::TooLarge
-                | Failure::DigestMismatch => {
-                    let _ = meta.delete_video(&id).await;
+    /// Records how the upload ended: `ready` with its files, `failed` (ours: the id may be uploaded again),
+    /// or nothing at all (the client's fault).
+    pub async fn end(self, done: &Finished) -> Result<(), (StatusCode, String)> {
+        let (meta, record) = (&self.meta, &self.record);
+        match (&done.failure, &done.video) {
+            (None, Some(video)) => {
+                let ready = VideoRecord {
+                    status: meta::VideoRecord::READY.to_owned(),
+                    duration_ms: Some(video.duration_ms),
+                    files: video.files.clone(),
+                    digests: video.digests.clone(),
+                    ..record.clone()
+                };
+                if let Err(e) = meta.put_video(&ready).await {
+                    // The files are on the ring but the catalogue could not say so: report, keep it retryable.
+                    let _ = mark_failed(meta, record, &e.to_string()).await;
+                    return Err(unavailable(e));
                 }
-                // Ours: the catalogue says so, and the id can be uploaded again.
-                Failure::Quorum | Failure::NoTranscoder | Failure::Unavailable => {
-                    let _ = mark_failed(&meta, &record, &message).await;
-                }
+                Ok(())
             }
-            Err((status, message))
+            (None, None) => {
+                let _ = meta.delete_video(&record.id).await;
+                Err((
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the upload committed but no target produced a video".into(),
+                ))
+            }
+            (Some(failure), _) => {
+                let status = crate::routes::status_of(StatusCode::OK, &Some(failure.clone()));
+                let message = done
+                    .summary
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| "upload failed".into());
+                match failure {
+                    // The client's fault: nothing of it stays, not even its name.
+                    Failure::Rejected(_)
+                    | Failure::ClientGone
+                    | Failure::TooLarge
+                    | Failure::DigestMismatch => {
+                        let _ = meta.delete_video(&record.id).await;
+                    }
+                    // Ours: the catalogue says so, and the id can be uploaded again.
+                    Failure::Quorum | Failure::NoTranscoder | Failure::Unavailable => {
+                        let _ = mark_failed(meta, record, &message).await;
+                    }
+                }
+                Err((status, message))
+            }
         }
     }
 }

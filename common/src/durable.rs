@@ -36,8 +36,21 @@ pub struct Staged {
     pub xxh3: u128,
 }
 
+/// A file that is deleted when this guard is dropped, unless it was taken out of it.
 #[derive(Debug)]
-struct RemoveOnDrop(Option<PathBuf>);
+pub struct RemoveOnDrop(Option<PathBuf>);
+
+impl RemoveOnDrop {
+    /// Guards `path`.
+    pub fn new(path: PathBuf) -> Self {
+        Self(Some(path))
+    }
+
+    /// The guarded path.
+    pub fn path(&self) -> &Path {
+        self.0.as_deref().unwrap_or(Path::new(""))
+    }
+}
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
@@ -143,6 +156,11 @@ impl StagingWriter {
 }
 
 impl Staged {
+    /// A complete, fsynced file written elsewhere (a resumable spool), to be committed like a staged one.
+    pub fn adopt(guard: RemoveOnDrop, len: u64, xxh3: u128) -> Self {
+        Self { guard, len, xxh3 }
+    }
+
     /// Path of the staged file.
     pub fn path(&self) -> &Path {
         self.guard.0.as_deref().unwrap_or(Path::new(""))

@@ -106,6 +106,21 @@ impl StagedReport {
     }
 }
 
+impl StagedReport {
+    /// Checks a report that must carry the SHA-256 of the whole upload (a resumable one, whose XXH3 no
+    /// single process saw whole).
+    pub fn verify_sha256(&self, bytes: u64, sha256: &str) -> Result<(), String> {
+        match self.sha256.as_deref() {
+            Some(s) if s == sha256 && self.bytes == bytes => Ok(()),
+            Some(s) => Err(format!(
+                "staged copy differs: {} bytes (sha-256 {s}), expected {bytes} bytes (sha-256 {sha256})",
+                self.bytes
+            )),
+            None => Err("staged report carries no sha-256".into()),
+        }
+    }
+}
+
 /// XXH3-128 as the stream protocol writes it.
 pub fn xxh3_hex(v: u128) -> String {
     format!("{v:032x}")

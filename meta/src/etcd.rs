@@ -28,7 +28,10 @@ use crate::record::{
     from_json, previous_file, sort_files, sort_leases, sort_tokens, sort_videos, to_json,
     unix_ms_now, LockRecord,
 };
-use crate::{FileRecord, MetaError, MetaStore, RingLayout, TokenRecord, UploadLease, VideoRecord};
+use crate::{
+    FileRecord, MetaError, MetaStore, ResumableUpload, RingLayout, TokenRecord, UploadLease,
+    VideoRecord,
+};
 
 /// How long connecting to an endpoint may take before it counts as down.
 pub const DEFAULT_ETCD_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -117,6 +120,12 @@ fn leases_prefix() -> String {
 }
 fn lease_key(id: &str) -> String {
     format!("{}{id}", leases_prefix())
+}
+fn resumable_prefix() -> String {
+    format!("{ETCD_PREFIX}resumable/")
+}
+fn resumable_key(id: &str) -> String {
+    format!("{}{id}", resumable_prefix())
 }
 fn lock_key(name: &str) -> String {
     format!("{ETCD_PREFIX}locks/{name}")
@@ -489,6 +498,40 @@ impl MetaStore for EtcdStore {
         let mut leases = self.list("lease", leases_prefix()).await?;
         sort_leases(&mut leases);
         Ok(leases)
+    }
+
+    async fn put_resumable(&self, upload: &ResumableUpload) -> Result<(), MetaError> {
+        let (key, json) = (resumable_key(&upload.id), to_json(upload));
+        self.run("put resumable upload", |mut kv, _| {
+            let (key, json) = (key.clone(), json.clone());
+            async move { kv.put(key, json, None).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn get_resumable(&self, id: &str) -> Result<Option<ResumableUpload>, MetaError> {
+        self.get_one("get resumable upload", resumable_key(id))
+            .await?
+            .map(|v| from_json("resumable upload", id, &v))
+            .transpose()
+    }
+
+    async fn delete_resumable(&self, id: &str) -> Result<(), MetaError> {
+        let key = resumable_key(id);
+        self.run("delete resumable upload", |mut kv, _| {
+            let key = key.clone();
+            async move { kv.delete(key, None).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn list_resumable(&self) -> Result<Vec<ResumableUpload>, MetaError> {
+        let mut out: Vec<ResumableUpload> =
+            self.list("resumable upload", resumable_prefix()).await?;
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
     }
 
     async fn try_lock(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, MetaError> {

@@ -54,7 +54,9 @@ pub use etcd::{
     EtcdOptions, EtcdStore, DEFAULT_ETCD_ATTEMPT_TIMEOUT, DEFAULT_ETCD_CONNECT_TIMEOUT,
     DEFAULT_ETCD_REQUEST_TIMEOUT, ETCD_PREFIX,
 };
-pub use record::{FileRecord, Membership, RingLayout, TokenRecord, UploadLease, VideoRecord};
+pub use record::{
+    FileRecord, Membership, ResumableUpload, RingLayout, TokenRecord, UploadLease, VideoRecord,
+};
 pub use spec::{parse_spec, MetaSpec, DEFAULT_ETCD_PORT};
 pub use sqlite::{SqliteStore, SQLITE_SCHEMA_VERSION};
 pub use store::MetaStore;

@@ -112,6 +112,43 @@ pub struct UploadLease {
     pub expires_unix_ms: u64,
 }
 
+/// A resumable upload (tus / IETF draft) between its creation and its end: everything a broadcaster needs to
+/// take it up again after a restart. `offset` only grows, and only once the bytes below it are durably
+/// staged on enough targets to meet the quorum.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumableUpload {
+    /// 32 lowercase hex digits; the key, and the stream-protocol upload id on every target.
+    pub id: String,
+    /// The validated name the upload commits under.
+    pub name: String,
+    /// Whether a transcoding target must make a video of it.
+    pub video: bool,
+    /// The token that created it (its id), if auth is on; only it may touch the upload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Announced total length; `None` while deferred.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub length: Option<u64>,
+    /// Bytes durably staged on a quorum of targets.
+    pub offset: u64,
+    /// SHA-256 state of the bytes below `offset` (see the broadcaster's resumable digest), hex.
+    pub sha256_state: String,
+    /// Per target (by label): `None` while it holds every byte below `offset`, else why it dropped out.
+    pub targets: Vec<(String, Option<String>)>,
+    /// The ring's progress: each written chunk's SHA-256; the last one may be a partial chunk.
+    #[serde(default)]
+    pub ring_chunks: Vec<String>,
+    /// `open`, `committed` or `failed`.
+    pub state: String,
+    /// The JSON summary once the upload ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+    /// Creation time, milliseconds since the Unix epoch.
+    pub created_unix_ms: u64,
+    /// When the upload and everything it staged is removed, milliseconds since the Unix epoch.
+    pub expires_unix_ms: u64,
+}
+
 /// An API token: only the SHA-256 of its secret is stored, so the store never holds a usable token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenRecord {

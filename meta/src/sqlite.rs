@@ -17,7 +17,10 @@ use crate::record::{
     from_json, previous_file, sort_files, sort_leases, sort_tokens, sort_videos, to_json,
     unix_ms_now, LockRecord,
 };
-use crate::{FileRecord, MetaError, MetaStore, RingLayout, TokenRecord, UploadLease, VideoRecord};
+use crate::{
+    FileRecord, MetaError, MetaStore, ResumableUpload, RingLayout, TokenRecord, UploadLease,
+    VideoRecord,
+};
 
 /// The schema this code reads and writes; stored in `schema_version` so a future version can
 /// migrate, and an older binary refuses a newer file instead of misreading it.
@@ -40,6 +43,7 @@ CREATE TABLE IF NOT EXISTS files (name TEXT PRIMARY KEY NOT NULL, json TEXT NOT 
 -- and older binaries never look at them, so the version stays 1.
 CREATE TABLE IF NOT EXISTS leases (id TEXT PRIMARY KEY NOT NULL, json TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS locks (name TEXT PRIMARY KEY NOT NULL, json TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS resumable (id TEXT PRIMARY KEY NOT NULL, json TEXT NOT NULL);
 -- `hash` is duplicated out of the JSON so lookup by hash is indexed and UNIQUE refuses a second
 -- token with the same secret in the same INSERT that checks the id.
 CREATE TABLE IF NOT EXISTS tokens (
@@ -426,6 +430,63 @@ impl MetaStore for SqliteStore {
                 out.push(from_json("lease", &id, json.as_bytes())?);
             }
             sort_leases(&mut out);
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn put_resumable(&self, upload: &ResumableUpload) -> Result<(), MetaError> {
+        let (id, json) = (upload.id.clone(), text(to_json(upload)));
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO resumable (id, json) VALUES (?1, ?2)
+                 ON CONFLICT (id) DO UPDATE SET json = excluded.json",
+                params![id, json],
+            )
+            .map_err(sql)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_resumable(&self, id: &str) -> Result<Option<ResumableUpload>, MetaError> {
+        let id = id.to_string();
+        self.call(move |c| {
+            let json: Option<String> = c
+                .query_row("SELECT json FROM resumable WHERE id = ?1", [&id], |r| {
+                    r.get(0)
+                })
+                .optional()
+                .map_err(sql)?;
+            json.map(|j| from_json("resumable upload", &id, j.as_bytes()))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn delete_resumable(&self, id: &str) -> Result<(), MetaError> {
+        let id = id.to_string();
+        self.call(move |c| {
+            c.execute("DELETE FROM resumable WHERE id = ?1", [&id])
+                .map_err(sql)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_resumable(&self) -> Result<Vec<ResumableUpload>, MetaError> {
+        self.call(|c| {
+            let mut stmt = c
+                .prepare("SELECT id, json FROM resumable ORDER BY id")
+                .map_err(sql)?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+                .map_err(sql)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, json) = row.map_err(sql)?;
+                out.push(from_json("resumable upload", &id, json.as_bytes())?);
+            }
             Ok(out)
         })
         .await

@@ -4,7 +4,9 @@ use async_trait::async_trait;
 
 use std::time::Duration;
 
-use crate::{FileRecord, MetaError, RingLayout, TokenRecord, UploadLease, VideoRecord};
+use crate::{
+    FileRecord, MetaError, ResumableUpload, RingLayout, TokenRecord, UploadLease, VideoRecord,
+};
 
 /// The broadcaster's metadata: the ring layout, videos and raw uploads on the ring, and API tokens.
 ///
@@ -63,6 +65,18 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug {
 
     /// Every stored lease, lapsed ones included (the caller compares `expires_unix_ms` with its clock).
     async fn list_leases(&self) -> Result<Vec<UploadLease>, MetaError>;
+
+    /// Creates or replaces a resumable upload's record.
+    async fn put_resumable(&self, upload: &ResumableUpload) -> Result<(), MetaError>;
+
+    /// The resumable upload with this id.
+    async fn get_resumable(&self, id: &str) -> Result<Option<ResumableUpload>, MetaError>;
+
+    /// Removes a resumable upload's record; absent is fine.
+    async fn delete_resumable(&self, id: &str) -> Result<(), MetaError>;
+
+    /// Every resumable upload record, by id.
+    async fn list_resumable(&self) -> Result<Vec<ResumableUpload>, MetaError>;
 
     /// Takes the named lock for `holder` until `ttl` from now when it is free, lapsed, or already held by
     /// `holder` (then it is renewed). `Ok(true)` when `holder` holds it afterwards, `Ok(false)` when

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::durable::{self, Staged, StagingWriter};
 use common::protocol::StagedReport;
+use common::spool::SpoolFile;
 use futures_util::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 
@@ -145,6 +146,29 @@ impl DiskStore {
         }
         count_received(total);
         Ok(writer.finish().await?)
+    }
+
+    /// A resumable upload spooled whole: its file becomes the staged copy as it is, without a second write.
+    pub fn adopt(&self, id: &str, file: SpoolFile) -> Result<StagedReport, ReaderError> {
+        let report = StagedReport {
+            bytes: file.len,
+            sha256: Some(hex::encode(file.sha256)),
+            xxh3: Some(common::protocol::xxh3_hex(file.xxh3)),
+            ..Default::default()
+        };
+        let mut pending = self.pending();
+        if pending.contains_key(id) {
+            return Err(ReaderError::UploadIdTaken(id.to_owned()));
+        }
+        pending.insert(
+            id.to_owned(),
+            Pending {
+                name: file.name.clone(),
+                staged: file.into_staged(),
+                since: Instant::now(),
+            },
+        );
+        Ok(report)
     }
 
     /// Phase 2: publishes the staged upload `id` under its name.

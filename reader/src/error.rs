@@ -34,6 +34,8 @@ pub enum ReaderError {
     BadHeader(&'static str),
     #[error("{0}")]
     S3(String),
+    #[error(transparent)]
+    Protocol(#[from] common::participant::ProtocolError),
 }
 
 impl ReaderError {
@@ -54,12 +56,16 @@ impl ReaderError {
             Self::Ring(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::BadHeader(_) => StatusCode::BAD_REQUEST,
             Self::S3(_) => StatusCode::BAD_GATEWAY,
+            Self::Protocol(_) => StatusCode::BAD_REQUEST,
         }
     }
 }
 
 impl IntoResponse for ReaderError {
     fn into_response(self) -> Response {
+        if let Self::Protocol(e) = self {
+            return e.into_response();
+        }
         let status = self.status();
         let error = if let Self::Io(e) = &self {
             // Paths and OS details stay in the log.

@@ -51,10 +51,19 @@ pub async fn run(
         }
         None => None,
     };
+    let spool = Arc::new(common::spool::Spool::open(
+        config.data_dir.join("spool"),
+        config.buffer_size,
+        config.max_upload_bytes,
+    )?);
+    spool
+        .clone()
+        .spawn_sweeper(Duration::from_secs(10), shutdown.clone());
     let mut app = routes::app(routes::AppState {
         disk: store,
         video,
         s3: s3.clone(),
+        spool,
     });
     if let Some(secret) = config.cluster_secret.clone() {
         // The stream protocol, the seed's `POST /upload` and `GET /files` all answer 401 without it.

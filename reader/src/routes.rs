@@ -2,13 +2,14 @@
 
 use std::sync::Arc;
 
-use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Multipart, Path, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, put};
+use axum::routing::{get, post};
 use axum::{Json, Router};
-use common::protocol::{ErrorBody, VideoMode, VIDEO_HEADER};
+use common::participant::{self, BodyStream, Participant, Stage};
+use common::protocol::{ErrorBody, StagedReport};
+use common::spool::{Spool, SpoolFile};
 use futures_util::TryStreamExt;
 
 use crate::disk::DiskStore;
@@ -16,7 +17,6 @@ use crate::error::ReaderError;
 use crate::s3::S3Sink;
 use crate::video::VideoSink;
 
-/// Builds the router.
 /// What the handlers share.
 #[derive(Debug, Clone)]
 pub struct AppState {
@@ -26,23 +26,23 @@ pub struct AppState {
     pub video: Option<Arc<VideoSink>>,
     /// Present when `READER_SINK=s3`: uploads go to the bucket, `GET /files/{name}` reads from it.
     pub s3: Option<Arc<S3Sink>>,
+    /// Resumable uploads being appended, whichever the sink.
+    pub spool: Arc<Spool>,
 }
 
 /// Builds the router.
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/v1/uploads/{id}/{name}", put(stage))
-        .route("/v1/uploads/{id}/commit", post(commit))
-        .route("/v1/uploads/{id}", delete(abort))
         .route("/upload", post(seed_upload))
         .route("/files/{name}", get(serve_file).head(serve_file))
+        .with_state(state.clone())
+        .merge(participant::routes(Arc::new(state)))
         .fallback(not_found)
         // Upload bodies are streamed to disk, never collected, so the whole-body limit is off; multipart
         // part headers are capped instead.
         .layer(DefaultBodyLimit::disable())
         .layer(axum::middleware::from_fn(common::guard::guard_multipart))
-        .with_state(state)
 }
 
 async fn not_found() -> Response {
@@ -55,84 +55,49 @@ async fn not_found() -> Response {
         .into_response()
 }
 
-async fn stage(
-    State(state): State<AppState>,
-    Path((id, name)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ReaderError> {
-    let started = std::time::Instant::now();
-    let mode = VideoMode::parse(headers.get(VIDEO_HEADER).and_then(|v| v.to_str().ok()))
-        .ok_or(ReaderError::BadHeader(VIDEO_HEADER))?;
-    let report = match (&state.video, &state.s3) {
-        (Some(video), _) => {
-            video
-                .stage(
-                    &id,
-                    &name,
-                    mode,
-                    common::guard::idle(body.into_data_stream()),
-                )
-                .await
-        }
-        (None, Some(s3)) => {
-            let len = headers
-                .get(axum::http::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-            s3.stage(
-                &id,
-                &name,
-                len,
-                common::guard::idle(body.into_data_stream()),
-            )
-            .await
-        }
-        (None, None) => {
-            state
-                .disk
-                .stage(&id, &name, common::guard::idle(body.into_data_stream()))
-                .await
-        }
-    };
-    match &report {
-        Ok(r) => {
-            tracing::info!(%id, %name, bytes = r.bytes, ms = started.elapsed().as_millis() as u64, "staged")
-        }
-        Err(e) => tracing::warn!(%id, %name, error = %e, "staging failed"),
-    }
-    Ok(Json(report?).into_response())
-}
+/// The reader's side of the stream protocol: the sink in use stages and commits; resumable uploads are
+/// spooled, then staged by the sink when whole (a disk reader publishes the spooled file itself).
+impl Participant for AppState {
+    type Error = ReaderError;
 
-async fn commit(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Response, ReaderError> {
-    if let Some(video) = &state.video {
-        let v = video.commit(&id)?;
-        tracing::info!(%id, video = v.as_ref().map(|v| v.id.as_str()).unwrap_or("-"), "committed");
-        return Ok(Json(serde_json::json!({ "video": v })).into_response());
+    async fn stage(&self, stage: Stage, body: BodyStream) -> Result<StagedReport, ReaderError> {
+        match (&self.video, &self.s3) {
+            (Some(video), _) => video.stage(&stage.id, &stage.name, stage.video, body).await,
+            (None, Some(s3)) => s3.stage(&stage.id, &stage.name, stage.len, body).await,
+            (None, None) => self.disk.stage(&stage.id, &stage.name, body).await,
+        }
     }
-    let c = match &state.s3 {
-        Some(s3) => s3.commit(&id).await?,
-        None => state.disk.commit(&id).await?,
-    };
-    tracing::info!(%id, name = %c.name, bytes = c.bytes, "committed");
-    Ok(Json(c).into_response())
-}
 
-async fn abort(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Response, ReaderError> {
-    let had = match (&state.video, &state.s3) {
-        (Some(video), _) => video.abort(&id).await?,
-        (None, Some(s3)) => s3.abort(&id).await?,
-        (None, None) => state.disk.abort(&id)?,
-    };
-    if had {
-        tracing::info!(%id, "aborted");
+    async fn commit(&self, id: &str) -> Result<serde_json::Value, ReaderError> {
+        if let Some(video) = &self.video {
+            let v = video.commit(id)?;
+            return Ok(serde_json::json!({ "video": v }));
+        }
+        let c = match &self.s3 {
+            Some(s3) => s3.commit(id).await?,
+            None => self.disk.commit(id).await?,
+        };
+        Ok(serde_json::to_value(c).unwrap_or_default())
     }
-    Ok(StatusCode::NO_CONTENT.into_response())
+
+    async fn abort(&self, id: &str) -> Result<bool, ReaderError> {
+        match (&self.video, &self.s3) {
+            (Some(video), _) => video.abort(id).await,
+            (None, Some(s3)) => s3.abort(id).await,
+            (None, None) => self.disk.abort(id),
+        }
+    }
+
+    fn spool(&self) -> &Spool {
+        &self.spool
+    }
+
+    async fn finish(&self, id: &str, file: SpoolFile) -> Result<StagedReport, ReaderError> {
+        if self.video.is_some() || self.s3.is_some() {
+            return participant::replay(self, id, file).await;
+        }
+        self.disk.adopt(id, file)
+    }
 }
 
 /// The seed's reader contract: multipart field `file`, named by the part's filename, stored at once.

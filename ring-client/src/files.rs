@@ -40,17 +40,91 @@ impl Cluster {
     where
         S: Stream<Item = std::io::Result<Bytes>>,
     {
-        let chunk_size = self.chunk_size;
-        let mut buf = BytesMut::with_capacity(chunk_size);
         let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        let (total, digests) = self
+            .write_chunks(&upload_id, 0, BytesMut::new(), chunks, &mut |b| {
+                hasher.update(b)
+            })
+            .await?;
+        Ok(StagedReport {
+            bytes: total,
+            sha256: None,
+            xxh3: Some(common::protocol::xxh3_hex(hasher.digest128())),
+            video: None,
+            chunk_sha256: digests,
+        })
+    }
+
+    /// An append to a resumable upload: `digests` are the chunks written so far, which hold `offset`
+    /// bytes (the last chunk may be partial: it is read back, checked, and written again whole). Answers the
+    /// bytes now held and every chunk's digest.
+    pub async fn append_chunks<S>(
+        self: Arc<Self>,
+        upload_id: String,
+        mut digests: Vec<String>,
+        offset: u64,
+        chunks: S,
+    ) -> Result<(u64, Vec<String>), RingError>
+    where
+        S: Stream<Item = std::io::Result<Bytes>>,
+    {
+        let size = self.chunk_size as u64;
+        let (full, tail) = (offset / size, offset % size);
+        let want = full + u64::from(tail > 0);
+        if digests.len() as u64 != want {
+            return Err(RingError::Aborted(format!(
+                "{} chunk digests recorded for {offset} bytes ({want} chunks)",
+                digests.len()
+            )));
+        }
+        let mut prefix = BytesMut::new();
+        if tail > 0 {
+            let key = chunk_key(&upload_id, full);
+            let part = self
+                .get_verified(&key, digests.get(full as usize).map(String::as_str))
+                .await?;
+            if part.len() as u64 != tail {
+                return Err(RingError::Aborted(format!(
+                    "partial chunk {key} holds {} bytes, expected {tail}",
+                    part.len()
+                )));
+            }
+            prefix.extend_from_slice(&part);
+        }
+        let (taken, written) = self
+            .write_chunks(&upload_id, full, prefix, chunks, &mut |_| {})
+            .await?;
+        if !written.is_empty() {
+            digests.truncate(full as usize);
+            digests.extend(written);
+        }
+        Ok((offset + taken, digests))
+    }
+
+    /// Writes the stream as chunks from `index` on, `prefix` being the start of chunk `index` already held.
+    /// Answers the bytes taken from the stream and the digest of every chunk written, from `index` on.
+    async fn write_chunks<S>(
+        self: &Arc<Self>,
+        upload_id: &str,
+        mut index: u64,
+        prefix: BytesMut,
+        chunks: S,
+        seen: &mut (dyn FnMut(&[u8]) + Send),
+    ) -> Result<(u64, Vec<String>), RingError>
+    where
+        S: Stream<Item = std::io::Result<Bytes>>,
+    {
+        let chunk_size = self.chunk_size;
+        let first = index;
+        let mut buf = prefix;
+        buf.reserve(chunk_size.saturating_sub(buf.len()));
         let mut total = 0u64;
-        let mut index = 0u64;
         let mut in_flight = FuturesUnordered::new();
         // Each chunk's digest, recorded at commit so every read can be checked against it.
         let mut digests: Vec<String> = Vec::new();
         let mut note = |placed: (u64, crate::Placed)| {
             let (i, p) = placed;
-            let i = i as usize;
+            let i = (i - first) as usize;
             if digests.len() <= i {
                 digests.resize(i + 1, String::new());
             }
@@ -59,7 +133,7 @@ impl Cluster {
         futures_util::pin_mut!(chunks);
         let put = |data: Bytes, index: u64| {
             let me = self.clone();
-            let key = chunk_key(&upload_id, index);
+            let key = chunk_key(upload_id, index);
             async move {
                 me.put_blob(&key, data)
                     .await
@@ -71,7 +145,7 @@ impl Cluster {
         };
         while let Some(piece) = chunks.next().await {
             let piece = piece.map_err(|e| RingError::Aborted(e.to_string()))?;
-            hasher.update(&piece);
+            seen(&piece);
             total += piece.len() as u64;
             let mut rest = &piece[..];
             while !rest.is_empty() {
@@ -97,13 +171,7 @@ impl Cluster {
         while let Some(r) = in_flight.next().await {
             note(r?);
         }
-        Ok(StagedReport {
-            bytes: total,
-            sha256: None,
-            xxh3: Some(common::protocol::xxh3_hex(hasher.digest128())),
-            video: None,
-            chunk_sha256: digests,
-        })
+        Ok((total, digests))
     }
 
     /// Phase 2 for the ring: publishes the upload by writing its record; the chunks of a version it replaces

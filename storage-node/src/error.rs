@@ -39,6 +39,8 @@ pub enum StoreError {
     Corrupt { key: String, reason: String },
     #[error("storage error: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Protocol(#[from] common::participant::ProtocolError),
 }
 
 impl StoreError {
@@ -53,12 +55,16 @@ impl StoreError {
             Self::UploadIdTaken(_) => StatusCode::CONFLICT,
             Self::TooYoung(_) => StatusCode::PRECONDITION_FAILED,
             Self::Corrupt { .. } | Self::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Protocol(_) => StatusCode::BAD_REQUEST,
         }
     }
 }
 
 impl IntoResponse for StoreError {
     fn into_response(self) -> Response {
+        if let Self::Protocol(e) = self {
+            return e.into_response();
+        }
         let status = self.status();
         let error = if let Self::Io(e) = &self {
             // Paths and OS details stay in the log.

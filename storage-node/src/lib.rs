@@ -52,7 +52,12 @@ pub async fn run(
     )?);
     tracing::info!(node_id = %identity.id(), "node identity");
     store.clone().spawn_sweeper(shutdown.clone());
-    let mut app = routes::app(store, identity);
+    let spool = common::spool::Spool::open(
+        config.data_dir.join("spool"),
+        config.buffer_size,
+        config.max_blob_bytes,
+    )?;
+    let mut app = routes::app(store, identity, spool);
     if let Some(secret) = config.cluster_secret.clone() {
         app = common::cluster::ClusterGate::new(secret).protect(app);
     }

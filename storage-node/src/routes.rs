@@ -7,9 +7,11 @@ use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, put};
+use axum::routing::{get, put};
 use axum::{Json, Router};
-use common::protocol::ErrorBody;
+use common::participant::{self, BodyStream, Participant, Stage};
+use common::protocol::{ErrorBody, StagedReport};
+use common::spool::Spool;
 use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
@@ -21,8 +23,40 @@ use crate::store::{BlobInfo, BlobKey, BlobStore};
 /// seconds ago (by this node's clock).
 pub const MIN_AGE_HEADER: &str = "x-if-older-than-secs";
 
+/// The storage node's side of the stream protocol: uploads staged as blob `raw/{name}`.
+#[derive(Debug)]
+pub struct StreamTarget {
+    /// Where staged uploads are published.
+    pub store: Arc<BlobStore>,
+    /// Resumable uploads being appended.
+    pub spool: Spool,
+}
+
+impl Participant for StreamTarget {
+    type Error = StoreError;
+
+    async fn stage(&self, stage: Stage, body: BodyStream) -> Result<StagedReport, StoreError> {
+        self.store
+            .stage(&stage.id, &stage.name, body, stage.expected_sha256)
+            .await
+    }
+
+    async fn commit(&self, id: &str) -> Result<serde_json::Value, StoreError> {
+        let info = self.store.commit(id).await?;
+        Ok(serde_json::to_value(info).unwrap_or_default())
+    }
+
+    async fn abort(&self, id: &str) -> Result<bool, StoreError> {
+        self.store.abort(id)
+    }
+
+    fn spool(&self) -> &Spool {
+        &self.spool
+    }
+}
+
 /// Builds the router.
-pub fn app(store: Arc<BlobStore>, identity: Arc<Identity>) -> Router {
+pub fn app(store: Arc<BlobStore>, identity: Arc<Identity>, spool: Spool) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route(
@@ -39,14 +73,12 @@ pub fn app(store: Arc<BlobStore>, identity: Arc<Identity>) -> Router {
                 .head(get_blob)
                 .delete(delete_blob),
         )
-        .route("/v1/uploads/{id}/{name}", put(stage))
-        .route("/v1/uploads/{id}/commit", post(commit))
-        .route("/v1/uploads/{id}", delete(abort))
+        .with_state(store.clone())
+        .merge(participant::routes(Arc::new(StreamTarget { store, spool })))
         .fallback(not_found)
         // Bodies are streamed to disk, never collected, so the whole-body limit is off
         // (STORAGE_NODE_MAX_BLOB_BYTES bounds them instead).
         .layer(DefaultBodyLimit::disable())
-        .with_state(store)
 }
 
 async fn not_found() -> Response {
@@ -166,48 +198,4 @@ async fn list(
         .list_checked(q.prefix.as_deref().unwrap_or(""), q.verify == Some(1))
         .await?;
     Ok(Json(Listing { blobs }).into_response())
-}
-
-async fn stage(
-    State(store): State<Arc<BlobStore>>,
-    Path((id, name)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, StoreError> {
-    let started = std::time::Instant::now();
-    let expected = common::digest::expected_sha256(&headers)?;
-    let report = store
-        .stage(
-            &id,
-            &name,
-            common::guard::idle(body.into_data_stream()),
-            expected,
-        )
-        .await;
-    match &report {
-        Ok(r) => {
-            tracing::info!(%id, %name, bytes = r.bytes, ms = started.elapsed().as_millis() as u64, "staged")
-        }
-        Err(e) => tracing::warn!(%id, %name, error = %e, "staging failed"),
-    }
-    Ok(Json(report?).into_response())
-}
-
-async fn commit(
-    State(store): State<Arc<BlobStore>>,
-    Path(id): Path<String>,
-) -> Result<Response, StoreError> {
-    let info = store.commit(&id).await?;
-    tracing::info!(%id, key = %info.key, bytes = info.bytes, "committed");
-    Ok(Json(info).into_response())
-}
-
-async fn abort(
-    State(store): State<Arc<BlobStore>>,
-    Path(id): Path<String>,
-) -> Result<Response, StoreError> {
-    if store.abort(&id)? {
-        tracing::info!(%id, "aborted");
-    }
-    Ok(StatusCode::NO_CONTENT.into_response())
 }
