@@ -437,6 +437,7 @@ where
         engine.collect_staged(&mut lanes, 0, "", None).await;
     }
     // Who holds exactly what was sent stays in the upload; anyone else drops out of it for good.
+    let mut ring_chunks = None;
     for lane in lanes.iter() {
         let Some(entry) = upload
             .targets
@@ -451,7 +452,7 @@ where
         match (&lane.state, &lane.held) {
             (LaneState::Staged, Some((held, chunks))) if *held == end_offset => {
                 if lane.target.is_ring {
-                    upload.ring_chunks = chunks.clone();
+                    ring_chunks = Some(chunks.clone());
                 }
             }
             (LaneState::Staged, Some((held, _))) => {
@@ -484,6 +485,9 @@ where
         (None, _) => true,
     };
     if checksum_ok {
+        if let Some(chunks) = ring_chunks {
+            upload.ring_chunks = chunks;
+        }
         upload.offset = end_offset;
         *sha = next;
         upload.sha256_state = sha.save();
