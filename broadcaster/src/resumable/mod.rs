@@ -197,6 +197,26 @@ pub async fn create(
             return Err(ResumableError::TooLarge(max));
         }
     }
+    if c.video {
+        let id = crate::video::video_id_for(&c.name, Some(principal)).map_err(|(s, m)| {
+            ResumableError::Failed {
+                status: s.as_u16(),
+                message: m,
+            }
+        })?;
+        let existing = engine
+            .cluster()
+            .meta()
+            .get_video(&id)
+            .await
+            .map_err(ResumableError::meta)?;
+        if existing.is_some_and(|v| v.status != meta::VideoRecord::FAILED) {
+            return Err(ResumableError::Failed {
+                status: 409,
+                message: format!("video id `{id}` is taken"),
+            });
+        }
+    }
     let now = now_ms();
     let upload = ResumableUpload {
         id: uuid::Uuid::new_v4().simple().to_string(),
@@ -270,6 +290,8 @@ where
     S: Stream<Item = Result<Bytes, E>> + Send,
     E: std::fmt::Display,
 {
+    // Only the owner of an existing upload may stop what runs on it (and get a session at all).
+    load(engine, principal, id).await?;
     let (session, cancel) = engine.resumable().take_turn(id).await;
     let _turn = session.lock.lock().await;
     let mut upload = load(engine, principal, id).await?;
@@ -565,20 +587,22 @@ async fn complete(
         )
         .collect();
     let job = if upload.video {
-        let id = crate::video::video_id_for(&upload.name, None).map_err(|(s, m)| {
-            ResumableError::Failed {
-                status: s.as_u16(),
-                message: m,
+        let begun = match crate::video::video_id_for(&upload.name, None) {
+            Ok(id) => crate::video::VideoJob::begin(engine, &id).await,
+            Err(e) => Err(e),
+        };
+        match begun {
+            Ok(job) => Some(job),
+            Err((status, message)) => {
+                // The upload cannot become a video (its id was taken meanwhile, the store is down): it
+                // fails as a whole rather than wait for a retry that cannot succeed.
+                fail(engine, upload, &message).await;
+                return Err(ResumableError::Failed {
+                    status: status.as_u16(),
+                    message,
+                });
             }
-        })?;
-        Some(
-            crate::video::VideoJob::begin(engine, &id)
-                .await
-                .map_err(|(s, m)| ResumableError::Failed {
-                    status: s.as_u16(),
-                    message: m,
-                })?,
-        )
+        }
     } else {
         None
     };
@@ -700,6 +724,7 @@ pub async fn terminate(
     principal: &Principal,
     id: &str,
 ) -> Result<(), ResumableError> {
+    load(engine, principal, id).await?;
     let (session, _cancel) = engine.resumable().take_turn(id).await;
     let _turn = session.lock.lock().await;
     let upload = load(engine, principal, id).await?;
