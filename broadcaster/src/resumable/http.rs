@@ -665,3 +665,77 @@ async fn get_status(
         Err(e) => Answer::error(Protocol::Tus, e).into_response(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).expect("value"));
+        }
+        h
+    }
+
+    #[test]
+    fn metadata_is_parsed_strictly() {
+        let m = metadata(&headers(&[("upload-metadata", "filename YS5iaW4=,video")])).expect("ok");
+        assert_eq!(m[0], ("filename".to_owned(), b"a.bin".to_vec()));
+        assert_eq!(m[1], ("video".to_owned(), Vec::new()));
+        for bad in [
+            "filename !!notbase64",
+            "filename YQ== YQ==",
+            "filename YQ==,filename YQ==",
+        ] {
+            assert!(
+                metadata(&headers(&[("upload-metadata", bad)])).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn offsets_and_checksums() {
+        assert_eq!(
+            number(&headers(&[("upload-offset", "42")]), "upload-offset"),
+            Ok(Some(42))
+        );
+        for bad in ["-1", "4 2", "0x10", "", "99999999999999999999999"] {
+            assert!(
+                number(&headers(&[("upload-offset", bad)]), "upload-offset").is_err(),
+                "{bad}"
+            );
+        }
+        let sum = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+        assert_eq!(
+            checksum(&headers(&[("upload-checksum", &format!("sha256 {sum}"))])),
+            Ok(Some([7u8; 32]))
+        );
+        assert!(checksum(&headers(&[("upload-checksum", &format!("md5 {sum}"))])).is_err());
+        assert!(checksum(&headers(&[("upload-checksum", "sha256 YQ==")])).is_err());
+        assert_eq!(
+            boolean(&headers(&[("upload-complete", "?1")]), "upload-complete"),
+            Ok(Some(true))
+        );
+        assert!(boolean(&headers(&[("upload-complete", "1")]), "upload-complete").is_err());
+    }
+
+    #[test]
+    fn protocols() {
+        assert_eq!(
+            protocol(&headers(&[("tus-resumable", "1.0.0")])).ok(),
+            Some(Protocol::Tus)
+        );
+        assert_eq!(
+            protocol(&headers(&[("upload-draft-interop-version", "6")])).ok(),
+            Some(Protocol::Draft)
+        );
+        let refused = protocol(&headers(&[("tus-resumable", "0.2.2")]))
+            .err()
+            .expect("old tus refused");
+        assert_eq!(refused.status, StatusCode::PRECONDITION_FAILED);
+        assert!(protocol(&headers(&[("upload-draft-interop-version", "3")])).is_err());
+        assert!(protocol(&HeaderMap::new()).is_err());
+    }
+}
