@@ -141,3 +141,98 @@ async fn bad_upload_requests() {
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(node.staging_count(), 0);
 }
+
+/// The resumable side of the stream protocol: appends at an offset (a wrong one refused with what is held,
+/// one behind cut back), the held count, a body cut off part way keeping what arrived, and finish checked
+/// against the SHA-256 of the whole.
+#[tokio::test]
+async fn resumable_appends_cut_back_and_finish() {
+    const RID: &str = "00112233445566778899aabbccddeeff";
+    let node = Node::start();
+    let http = client();
+    let data = payload(3 << 20, 7);
+    let append = |offset: usize, bytes: Vec<u8>| {
+        http.patch(node.url(&format!("/v1/uploads/{RID}/resumed.bin?offset={offset}")))
+            .body(bytes)
+            .send()
+    };
+    let held = || http.get(node.url(&format!("/v1/uploads/{RID}"))).send();
+    assert_eq!(held().await.unwrap().status(), StatusCode::NOT_FOUND);
+
+    // An append that does not start at 0 cannot open an upload.
+    let r = append(5, data[5..10].to_vec()).await.unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    assert_eq!(r.json::<Value>().await.unwrap()["bytes"], 0);
+
+    let r = append(0, data[..1 << 20].to_vec()).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.json::<Value>().await.unwrap()["bytes"], 1 << 20);
+
+    // Past the end: refused, and told what is held.
+    let r = append((1 << 20) + 1, vec![1]).await.unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    assert_eq!(r.json::<Value>().await.unwrap()["bytes"], 1 << 20);
+
+    // A body that announces more than it sends is cut off: what arrived stays.
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+        let head = format!(
+            "PATCH /v1/uploads/{RID}/resumed.bin?offset={} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n\r\n",
+            1 << 20,
+            node.addr,
+            2 << 20
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream
+            .write_all(&data[1 << 20..(1 << 20) + 4096])
+            .await
+            .unwrap();
+        stream.flush().await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        drop(stream);
+    }
+    let mut now = 0;
+    for _ in 0..50 {
+        now = held().await.unwrap().json::<Value>().await.unwrap()["bytes"]
+            .as_u64()
+            .unwrap();
+        if now == (1 << 20) + 4096 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(now, (1 << 20) + 4096, "a cut-off append keeps what arrived");
+
+    // Behind the end (the broadcaster's checkpoint was earlier): cut back, then the rest.
+    let r = append(1 << 20, data[1 << 20..].to_vec()).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.json::<Value>().await.unwrap()["bytes"], data.len());
+    assert_eq!(node.staging_count(), 0, "appends are spooled, not staged");
+
+    let r = http
+        .post(node.url(&format!("/v1/uploads/{RID}/finish")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["bytes"], data.len() as u64);
+    assert_eq!(v["sha256"], sha_hex(&data));
+    let r = http
+        .post(node.url(&format!("/v1/uploads/{RID}/commit")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let body = http
+        .get(node.blob_url("raw/resumed.bin"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(sha_hex(&body), sha_hex(&data));
+    assert_eq!(held().await.unwrap().status(), StatusCode::NOT_FOUND);
+}
