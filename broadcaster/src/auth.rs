@@ -528,7 +528,8 @@ fn signin_page(message: Option<&str>) -> String {
     format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Sign in · Distributary</title>\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <link rel=\"stylesheet\" href=\"/assets/style.css\"></head><body><main>\
+         <link rel=\"stylesheet\" href=\"/assets/style.css\">\
+         <link rel=\"icon\" href=\"/assets/icon.svg\" type=\"image/svg+xml\"></head><body><main>\
          <h1>Sign in</h1>{note}\
          <form method=\"post\" action=\"/signin\"><label>Token \
          <input type=\"password\" name=\"token\" autocomplete=\"current-password\" required></label> \

@@ -39,6 +39,20 @@ export async function startUploadStub(upstream, { readRate = 16 << 20, holdMs = 
     }
     const up = http.request({ host: target.hostname, port: target.port, method: req.method, path: req.url,
       headers: { ...req.headers, host: target.host } }, (r) => {
+      if (req.method === 'GET' && req.url === '/' && /text\/html/.test(r.headers['content-type'] || '')) {
+        // The page would upload to the broadcaster's /uploads (tus) instead of the POST /upload stood in for
+        // here: without the form's data-resumable attribute its script sends the form in one request.
+        const parts = [];
+        r.on('data', (c) => parts.push(c));
+        r.on('end', () => {
+          const html = Buffer.from(Buffer.concat(parts).toString('utf8').replace(/ data-resumable="[^"]*"/, ''));
+          const headers = { ...r.headers, 'content-length': String(html.length) };
+          delete headers['transfer-encoding'];
+          res.writeHead(r.statusCode, headers);
+          res.end(html);
+        });
+        return;
+      }
       res.writeHead(r.statusCode, r.headers);
       r.pipe(res);
     });

@@ -731,9 +731,8 @@ mod tests {
             protocol(&headers(&[("upload-draft-interop-version", "6")])).ok(),
             Some(Protocol::Draft)
         );
-        let refused = protocol(&headers(&[("tus-resumable", "0.2.2")]))
-            .err()
-            .expect("old tus refused");
+        let refused =
+            protocol(&headers(&[("tus-resumable", "0.2.2")])).expect_err("old tus refused");
         assert_eq!(refused.status, StatusCode::PRECONDITION_FAILED);
         assert!(protocol(&headers(&[("upload-draft-interop-version", "3")])).is_err());
         assert!(protocol(&HeaderMap::new()).is_err());

@@ -1,7 +1,8 @@
 //! Static files of the web site, all from this origin.
 //!
-//! - dash.js comes from npm (`web/package.json` + lockfile, installed with `npm ci --prefix web`) and is served
-//!   from the web root's `node_modules`, so the player version is pinned by the lockfile and no CDN is involved.
+//! - dash.js (the player) and tus-js-client (resumable uploads from the index page) come from npm
+//!   (`web/package.json` + lockfile, installed with `npm ci --prefix web`) and are served from the web root's
+//!   `node_modules` ([`NPM_FILES`]), so their versions are pinned by the lockfile and no CDN is involved.
 //! - The site's own script, style sheet and icon are compiled into the binary (`static/`), so they can never be
 //!   missing or out of step with the pages that reference them.
 //!
@@ -17,6 +18,8 @@ use axum::response::{IntoResponse, Response};
 
 /// Where the watch page loads dash.js from.
 pub const DASH_JS_PATH: &str = "/assets/dash.all.min.js";
+/// Where the index page loads tus-js-client from.
+pub const TUS_JS_PATH: &str = "/assets/tus.min.js";
 /// The index page's script (upload progress, list refresh).
 pub const APP_JS_PATH: &str = "/assets/app.js";
 /// The watch page's script (player, quality selector).
@@ -28,6 +31,36 @@ pub const ICON_PATH: &str = "/assets/icon.svg";
 
 /// dash.js inside the web root, as `npm ci --prefix web` installs it.
 pub const DASH_JS_FILE: &str = "node_modules/dashjs/dist/modern/umd/dash.all.min.js";
+/// tus-js-client's browser bundle (UMD, defines `window.tus`) inside the web root.
+pub const TUS_JS_FILE: &str = "node_modules/tus-js-client/dist/tus.min.js";
+
+/// A browser file installed by npm under the web root and served at a fixed path of this origin.
+#[derive(Debug)]
+pub struct NpmFile {
+    /// The URL path it is served at.
+    pub path: &'static str,
+    /// Where it is, relative to the web root.
+    pub file: &'static str,
+    /// What it is, for messages.
+    pub what: &'static str,
+}
+
+/// dash.js, for the watch page.
+pub const DASH_JS: NpmFile = NpmFile {
+    path: DASH_JS_PATH,
+    file: DASH_JS_FILE,
+    what: "dash.js",
+};
+
+/// tus-js-client, for the index page's resumable uploads.
+pub const TUS_JS: NpmFile = NpmFile {
+    path: TUS_JS_PATH,
+    file: TUS_JS_FILE,
+    what: "tus-js-client",
+};
+
+/// Every npm file the pages use.
+pub const NPM_FILES: &[NpmFile] = &[DASH_JS, TUS_JS];
 
 const REVALIDATE: HeaderValue = HeaderValue::from_static("no-cache");
 
@@ -110,22 +143,31 @@ impl Assets {
 
     /// The dash.js file served at [`DASH_JS_PATH`].
     pub fn dash_js(&self) -> PathBuf {
-        self.root.join(DASH_JS_FILE)
+        self.path_of(&DASH_JS)
     }
 
-    /// Serves dash.js, or a 404 that says how to install it.
-    pub async fn serve_dash_js(&self, method: &Method, headers: &HeaderMap) -> Response {
-        let path = self.dash_js();
+    /// Where `file` is installed.
+    pub fn path_of(&self, file: &NpmFile) -> PathBuf {
+        self.root.join(file.file)
+    }
+
+    /// Serves `file` (with an `ETag`, `Cache-Control: no-cache`, `Range`), or a 404 that says how to install it.
+    pub async fn serve(&self, file: &NpmFile, method: &Method, headers: &HeaderMap) -> Response {
+        let path = self.path_of(file);
         if !tokio::fs::metadata(&path)
             .await
             .map(|m| m.is_file())
             .unwrap_or(false)
         {
-            tracing::warn!(path = %path.display(), "dash.js is missing; run `npm ci --prefix web`");
+            tracing::warn!(
+                path = %path.display(),
+                "{} is missing; run `npm ci --prefix web`",
+                file.what
+            );
             return (
                 StatusCode::NOT_FOUND,
                 [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-                missing_message(&self.root),
+                missing_message(&self.root, file),
             )
                 .into_response();
         }
@@ -137,21 +179,28 @@ impl Assets {
     }
 }
 
-fn missing_message(root: &Path) -> String {
+fn missing_message(root: &Path, file: &NpmFile) -> String {
     format!(
-        "dash.js is not installed: {} is missing. Run `npm ci --prefix web` in the repository (build/test.sh and \
+        "{} is not installed: {} is missing. Run `npm ci --prefix web` in the repository (build/test.sh and \
          build/demo.sh do), or point BROADCASTER_WEB_DIR at the directory holding web/package.json.",
-        root.join(DASH_JS_FILE).display()
+        file.what,
+        root.join(file.file).display()
     )
 }
 
 /// Checks that the browser files the pages need are installed under `root`; the error says how to fix it.
-/// Meant to be logged at startup: the site still works without them, except the watch page's player.
+/// Meant to be logged at startup: the site still works without them, except the watch page's player (dash.js)
+/// and resumable uploads from the index page (tus-js-client; the form then uploads in one request).
 pub fn check_assets(root: &Path) -> Result<(), String> {
-    let path = root.join(DASH_JS_FILE);
-    match std::fs::metadata(&path) {
-        Ok(m) if m.is_file() && m.len() > 0 => Ok(()),
-        _ => Err(missing_message(root)),
+    let missing: Vec<String> = NPM_FILES
+        .iter()
+        .filter(|f| !std::fs::metadata(root.join(f.file)).is_ok_and(|m| m.is_file() && m.len() > 0))
+        .map(|f| missing_message(root, f))
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(missing.join(" "))
     }
 }
 
@@ -165,9 +214,16 @@ mod tests {
         let err = check_assets(dir.path()).expect_err("nothing installed");
         assert!(err.contains("npm ci --prefix web"), "{err}");
         assert!(err.contains("dash.all.min.js"), "{err}");
+        assert!(err.contains("tus.min.js"), "{err}");
         let file = dir.path().join(DASH_JS_FILE);
         std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
         std::fs::write(&file, "/* dash */").expect("write");
+        let err = check_assets(dir.path()).expect_err("tus-js-client missing");
+        assert!(!err.contains("dash.all.min.js"), "{err}");
+        assert!(err.contains("tus-js-client"), "{err}");
+        let file = dir.path().join(TUS_JS_FILE);
+        std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&file, "/* tus */").expect("write");
         assert_eq!(check_assets(dir.path()), Ok(()));
     }
 

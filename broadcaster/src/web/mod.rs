@@ -12,8 +12,12 @@
 //!   itself every few seconds, a `failed` one a 404 page with the reason. The status is 404 because there is
 //!   nothing to play at that URL yet; the page says why.
 //! - The upload form works without JavaScript (a plain multipart POST, then the server's 303 to `/`). With
-//!   JavaScript, `/assets/app.js` sends it with `XMLHttpRequest` to show a progress bar and percentage, shows the
-//!   server's error message on 4xx/5xx, and refreshes the list while videos are processing.
+//!   JavaScript, `/assets/app.js` uploads the file with tus-js-client (`/assets/tus.min.js`) to the resumable
+//!   endpoint named by the form's `data-resumable` attribute (`/uploads`): progress in bytes and percent, a
+//!   Cancel button (`DELETE`), automatic resume after a dropped connection, and after a reload the same file
+//!   resumes from the offset the server kept. Without tus-js-client, or when the server has no resumable
+//!   endpoint (404/405/501 on creation), it sends the form with one `XMLHttpRequest` instead. Either way it shows
+//!   the server's error message on 4xx/5xx and refreshes the list while videos are processing.
 //! - Every response from these routes carries `X-Content-Type-Options: nosniff` and a Content-Security-Policy
 //!   that allows scripts, styles, images and connections from this origin only and media from this origin and
 //!   `blob:` (dash.js plays through MediaSource object URLs). No page contains inline script or style.
@@ -21,7 +25,8 @@
 //! # Layout
 //! - [`html`]: escaping and URL segment encoding.
 //! - [`pages`]: the HTML of each page, pure functions of metadata records.
-//! - [`assets`]: dash.js from the web root (`npm ci --prefix web`), and the site's own files compiled in.
+//! - [`assets`]: dash.js and tus-js-client from the web root (`npm ci --prefix web`), and the site's own files
+//!   compiled in.
 
 pub mod assets;
 pub mod html;
@@ -46,18 +51,21 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'
 /// Seconds between reloads of the page of a video that is still processing.
 const PROCESSING_REFRESH_SECS: u32 = 5;
 
-/// The site's routes; `assets` says where dash.js is installed.
+/// The site's routes; `assets` says where dash.js and tus-js-client are installed.
 pub fn routes(assets: Assets) -> Router<Engine> {
     let mut router = Router::new()
         .route("/", get(index))
-        .route("/videos/{id}", get(watch))
-        .route(
-            assets::DASH_JS_PATH,
+        .route("/videos/{id}", get(watch));
+    for file in assets::NPM_FILES {
+        let assets = assets.clone();
+        router = router.route(
+            file.path,
             get(move |method: Method, headers: HeaderMap| {
                 let assets = assets.clone();
-                async move { assets.serve_dash_js(&method, &headers).await }
+                async move { assets.serve(file, &method, &headers).await }
             }),
         );
+    }
     for file in assets::EMBEDDED {
         router =
             router.route(

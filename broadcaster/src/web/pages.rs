@@ -136,18 +136,23 @@ pub fn index(videos: &[VideoRecord]) -> String {
     body.push_str(
         r#"<section class="card" aria-labelledby="upload-heading">
 <h1 id="upload-heading">Upload a video</h1>
-<form id="upload-form" action="/upload" method="post" enctype="multipart/form-data">
+<form id="upload-form" action="/upload" method="post" enctype="multipart/form-data" data-resumable="/uploads">
 <label for="upload-file">Video file (MP4)</label>
 <input id="upload-file" type="file" name="file" accept="video/mp4,video/*" required>
 <p class="hint">The file name without its extension becomes the video's id: <code>holiday.mp4</code> plays at <code>/videos/holiday</code>. After the upload the video is transcoded into several qualities; this page comes back with the video listed once it is ready to play.</p>
+<p id="upload-resumable-hint" class="hint" hidden>If the connection drops, the upload continues where it stopped once the connection is back. If you leave or reload this page, choose the same file again to resume it.</p>
+<p id="upload-resume" class="notice" hidden></p>
 <button id="upload-button" type="submit">Upload</button>
 <div id="upload-status" class="upload-status" role="status" aria-live="polite" hidden>
 <progress id="upload-progress" max="100" value="0" aria-label="Upload progress"></progress>
 <span id="upload-percent">0%</span>
+<span id="upload-bytes" class="hint"></span>
 <span id="upload-message"></span>
+<button id="upload-cancel" class="secondary" type="button" hidden>Cancel</button>
 </div>
 <p id="upload-error" class="error-box" role="alert" hidden></p>
 </form>
+<div id="upload-unfinished" class="unfinished" hidden></div>
 </section>
 "#,
     );
@@ -200,7 +205,12 @@ pub fn index(videos: &[VideoRecord]) -> String {
         body.push_str("</tbody>\n</table>\n");
     }
     body.push_str("</div>\n</section>\n");
-    layout("Distributary: videos", "", &body, &[assets::APP_JS_PATH])
+    layout(
+        "Distributary: videos",
+        "",
+        &body,
+        &[assets::TUS_JS_PATH, assets::APP_JS_PATH],
+    )
 }
 
 /// The manifest URL of a video, as it appears in the watch page.
@@ -320,6 +330,19 @@ mod tests {
         assert!(page.contains("No videos yet"));
         assert!(page.contains(r#"data-count="0""#));
         assert!(page.contains(r#"<script src="/assets/app.js"></script>"#));
+        // Resumable uploads: tus-js-client from this origin, loaded before the page script, and the endpoint.
+        let tus = page
+            .find(r#"<script src="/assets/tus.min.js"></script>"#)
+            .expect("tus-js-client script tag");
+        let app = page.find(r#"<script src="/assets/app.js"></script>"#);
+        assert!(Some(tus) < app, "tus-js-client must load before app.js");
+        assert!(page.contains(r#"data-resumable="/uploads""#));
+        // What only the script uses is hidden until it runs: without JavaScript the page is the plain form.
+        assert!(
+            page.contains(r#"<button id="upload-cancel" class="secondary" type="button" hidden>"#)
+        );
+        assert!(page.contains(r#"<p id="upload-resumable-hint" class="hint" hidden>"#));
+        assert!(page.contains(r#"<div id="upload-status" class="upload-status" role="status" aria-live="polite" hidden>"#));
         // No inline script or style: the CSP forbids them.
         assert!(!page.contains("<script>"));
         assert!(!page.contains("<style"));

@@ -23,3 +23,4 @@ mod validation;
 mod verify;
 mod video;
 mod web;
+mod web_resumable;
