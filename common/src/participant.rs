@@ -120,6 +120,13 @@ pub trait Participant: Send + Sync + 'static {
     /// Where resumable uploads are appended.
     fn spool(&self) -> &Spool;
 
+    /// The broadcaster starts an append to resumable upload `id` at `offset`: the spooled bytes below it
+    /// (at `path`) are final and will never be cut back. A participant that can send them on early (S3 parts)
+    /// starts doing so here, without holding up the append.
+    fn confirmed(&self, id: &str, name: &str, offset: u64, path: &std::path::Path, keep: Duration) {
+        let _ = (id, name, offset, path, keep);
+    }
+
     /// Largest chunk read from the spool when a finished upload is staged.
     fn read_buffer(&self) -> usize {
         1 << 20
@@ -263,6 +270,9 @@ async fn append<P: Participant>(
                 .ok_or(ProtocolError::BadHeader(KEEP_HEADER))?,
         ),
     };
+    if let Some(held) = p.spool().held(&id) {
+        p.confirmed(&id, &name, q.offset.min(held), &p.spool().path(&id), keep);
+    }
     let req = SpoolRequest {
         video: video_mode(&headers)?,
         offset: q.offset,

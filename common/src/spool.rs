@@ -185,6 +185,11 @@ impl Spool {
         })
     }
 
+    /// Where the spool of `id` is (or would be). Bytes below the offset an append starts at never change.
+    pub fn path(&self, id: &str) -> PathBuf {
+        self.dir.join(id)
+    }
+
     /// Bytes durably staged for `id`, if it is spooled here.
     pub fn held(&self, id: &str) -> Option<u64> {
         lock(&self.slots)

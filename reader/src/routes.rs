@@ -1,6 +1,7 @@
 //! The reader's HTTP surface.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Multipart, Path, State};
 use axum::http::{HeaderMap, Method, StatusCode};
@@ -92,9 +93,17 @@ impl Participant for AppState {
         &self.spool
     }
 
+    fn confirmed(&self, id: &str, name: &str, offset: u64, path: &std::path::Path, keep: Duration) {
+        if let (None, Some(s3)) = (&self.video, &self.s3) {
+            s3.confirmed(id, name, offset, path, keep);
+        }
+    }
+
     async fn finish(&self, id: &str, file: SpoolFile) -> Result<StagedReport, ReaderError> {
-        if self.video.is_some() || self.s3.is_some() {
-            return participant::replay(self, id, file).await;
+        match (&self.video, &self.s3) {
+            (Some(_), _) => return participant::replay(self, id, file).await,
+            (None, Some(s3)) => return s3.finish_spooled(id, file).await,
+            (None, None) => {}
         }
         self.disk.adopt(id, file)
     }

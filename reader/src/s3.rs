@@ -34,6 +34,8 @@ use object_store::{
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+mod resumable;
+
 use crate::config::{S3Config, MAX_S3_PART_SIZE};
 use crate::disk::Committed;
 use crate::error::ReaderError;
@@ -183,6 +185,8 @@ pub struct S3Sink {
     max_upload_bytes: Option<u64>,
     staging_ttl: Duration,
     uploads: Mutex<HashMap<String, Entry>>,
+    /// Resumable uploads whose confirmed bytes are being sent as parts ahead of their end.
+    early: Mutex<HashMap<String, resumable::Slot>>,
     generation: AtomicU64,
     /// Aborts started from `Drop` (a stage whose request went away), awaited at shutdown.
     aborts: TaskTracker,
@@ -318,6 +322,7 @@ impl S3Sink {
             max_upload_bytes,
             staging_ttl,
             uploads: Mutex::new(HashMap::new()),
+            early: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
             aborts: TaskTracker::new(),
             shutdown: CancellationToken::new(),
@@ -585,6 +590,7 @@ impl S3Sink {
         if !common::protocol::is_valid_upload_id(id) {
             return Err(ReaderError::BadUploadId);
         }
+        let early = self.abort_early(id).await;
         let entry = self.uploads().remove(id);
         match entry {
             Some(Entry::Staging { cancel, .. }) => {
@@ -597,7 +603,7 @@ impl S3Sink {
                 self.abort_upload(&s.key, &s.upload_id).await;
                 Ok(true)
             }
-            None => Ok(false),
+            None => Ok(early),
         }
     }
 
@@ -628,6 +634,7 @@ impl S3Sink {
 
     /// Aborts staged uploads nobody committed or aborted within the staging TTL.
     pub async fn sweep(&self) {
+        self.sweep_early().await;
         let ttl = self.staging_ttl;
         let expired: Vec<Staged> = {
             let mut uploads = self.uploads();
@@ -668,6 +675,9 @@ impl S3Sink {
     /// left in the bucket but committed objects.
     pub async fn shutdown(&self) {
         self.shutdown.cancel();
+        for id in self.early_ids() {
+            self.abort_early(&id).await;
+        }
         let staged: Vec<Staged> = self
             .uploads()
             .drain()
