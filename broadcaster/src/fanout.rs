@@ -287,11 +287,6 @@ impl Lane {
         self.state = LaneState::Failed(why);
     }
 
-    /// Cuts the lane's body off without a clean end, so the target keeps nothing of it as complete.
-    pub(crate) fn cut(&mut self) {
-        self.tx = None;
-    }
-
     /// The target's request ended early (connection refused, reset, error status): record why.
     async fn fail_from_task(&mut self) {
         self.tx = None;
@@ -872,12 +867,17 @@ impl Engine {
             .map(|lane| async move {
                 lane.state = LaneState::Live;
                 let reply = match lane.kind {
-                    LaneKind::Ring => Ok(StagedReport {
-                        bytes: total,
-                        sha256: Some(sha256.to_owned()),
-                        chunk_sha256: ring_chunks.to_vec(),
-                        ..Default::default()
-                    }),
+                    LaneKind::Ring => {
+                        match self.cluster.seal_chunks(id, total, ring_chunks).await {
+                            Ok(()) => Ok(StagedReport {
+                                bytes: total,
+                                sha256: Some(sha256.to_owned()),
+                                chunk_sha256: ring_chunks.to_vec(),
+                                ..Default::default()
+                            }),
+                            Err(e) => Err(ring_error(e)),
+                        }
+                    }
                     LaneKind::Http => {
                         let url = format!("{}/finish", lane.target.abort_url(id));
                         match self.send(self.client.post(url).timeout(timeout)).await {

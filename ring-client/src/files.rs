@@ -23,6 +23,13 @@ pub fn chunk_key(upload_id: &str, index: u64) -> BlobKey {
     BlobKey::new(format!("raw.{upload_id}"), format!("{index:08}"))
 }
 
+/// The blob holding the first `len` bytes of chunk `index` of a resumable upload at a checkpoint. Named by
+/// its length, so a later checkpoint never overwrites one a record names: a crash between writing a longer
+/// tail and recording it leaves the recorded one intact.
+pub fn tail_key(upload_id: &str, index: u64, len: u64) -> BlobKey {
+    BlobKey::new(format!("raw.{upload_id}"), format!("{index:08}-{len}"))
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -42,7 +49,7 @@ impl Cluster {
     {
         let mut hasher = xxhash_rust::xxh3::Xxh3::new();
         let (total, digests) = self
-            .write_chunks(&upload_id, 0, BytesMut::new(), chunks, &mut |b| {
+            .write_chunks(&upload_id, 0, BytesMut::new(), chunks, false, &mut |b| {
                 hasher.update(b)
             })
             .await?;
@@ -56,7 +63,8 @@ impl Cluster {
     }
 
     /// An append to a resumable upload: `digests` are the chunks written so far, which hold `offset`
-    /// bytes (the last chunk may be partial: it is read back, checked, and written again whole). Answers the
+    /// bytes; a partial last chunk lives under its [`tail_key`] and is read back, checked, and completed.
+    /// Whole chunks go under their [`chunk_key`], a partial one at the end under its tail key. Answers the
     /// bytes now held and every chunk's digest.
     pub async fn append_chunks<S>(
         self: Arc<Self>,
@@ -79,7 +87,7 @@ impl Cluster {
         }
         let mut prefix = BytesMut::new();
         if tail > 0 {
-            let key = chunk_key(&upload_id, full);
+            let key = tail_key(&upload_id, full, tail);
             let part = self
                 .get_verified(&key, digests.get(full as usize).map(String::as_str))
                 .await?;
@@ -92,7 +100,7 @@ impl Cluster {
             prefix.extend_from_slice(&part);
         }
         let (taken, written) = self
-            .write_chunks(&upload_id, full, prefix, chunks, &mut |_| {})
+            .write_chunks(&upload_id, full, prefix, chunks, true, &mut |_| {})
             .await?;
         if !written.is_empty() {
             digests.truncate(full as usize);
@@ -101,14 +109,17 @@ impl Cluster {
         Ok((offset + taken, digests))
     }
 
-    /// Writes the stream as chunks from `index` on, `prefix` being the start of chunk `index` already held.
-    /// Answers the bytes taken from the stream and the digest of every chunk written, from `index` on.
+    /// Writes the stream as chunks from `index` on, `prefix` being the start of chunk `index` already held;
+    /// with `tails`, a partial last chunk goes under its [`tail_key`]. Answers the bytes taken from the
+    /// stream and the digest of every chunk written, from `index` on.
+    #[allow(clippy::too_many_arguments)]
     async fn write_chunks<S>(
         self: &Arc<Self>,
         upload_id: &str,
         mut index: u64,
         prefix: BytesMut,
         chunks: S,
+        tails: bool,
         seen: &mut (dyn FnMut(&[u8]) + Send),
     ) -> Result<(u64, Vec<String>), RingError>
     where
@@ -133,7 +144,11 @@ impl Cluster {
         futures_util::pin_mut!(chunks);
         let put = |data: Bytes, index: u64| {
             let me = self.clone();
-            let key = chunk_key(upload_id, index);
+            let key = if tails && data.len() < chunk_size {
+                tail_key(upload_id, index, data.len() as u64)
+            } else {
+                chunk_key(upload_id, index)
+            };
             async move {
                 me.put_blob(&key, data)
                     .await
@@ -172,6 +187,32 @@ impl Cluster {
             note(r?);
         }
         Ok((total, digests))
+    }
+
+    /// A resumable upload of `size` bytes is whole: its partial last chunk, if any, is copied from its tail
+    /// blob (checked against `digests`) to where a file's chunk lives, and the tail blob removed.
+    pub async fn seal_chunks(
+        &self,
+        upload_id: &str,
+        size: u64,
+        digests: &[String],
+    ) -> Result<(), RingError> {
+        let chunk = self.chunk_size as u64;
+        let (last, tail) = (size / chunk, size % chunk);
+        if tail == 0 {
+            return Ok(());
+        }
+        let key = tail_key(upload_id, last, tail);
+        let expected = digests.get(last as usize).map(String::as_str);
+        let data = self.get_verified(&key, expected).await?;
+        let placed = self.put_blob(&chunk_key(upload_id, last), data).await?;
+        if Some(placed.sha256.as_str()) != expected {
+            return Err(RingError::Aborted(format!(
+                "the last chunk of {upload_id} changed while it was sealed"
+            )));
+        }
+        self.delete_blob(&key).await;
+        Ok(())
     }
 
     /// Phase 2 for the ring: publishes the upload by writing its record; the chunks of a version it replaces

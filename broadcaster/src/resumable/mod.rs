@@ -451,16 +451,10 @@ where
         .await;
     let end_offset = upload.offset + pumped.bytes;
     let too_large = matches!(pumped.end.failure, Some(Failure::TooLarge));
-    if too_large {
-        // Nothing of this segment counts: the targets get no clean end and cut it back next time.
-        for lane in lanes.iter_mut() {
-            lane.cut();
-        }
-    } else {
-        // Everything received so far ends cleanly, even when the client broke off: it counts.
-        engine.dispatch(&mut lanes, Msg::End).await;
-        engine.collect_staged(&mut lanes, 0, "", None).await;
-    }
+    // Everything received so far ends cleanly, even when the client broke off: it counts (unless the
+    // request is refused below, and then it is rewound).
+    engine.dispatch(&mut lanes, Msg::End).await;
+    engine.collect_staged(&mut lanes, 0, "", None).await;
     // Who holds exactly what was sent stays in the upload; anyone else drops out of it for good.
     let mut ring_chunks = None;
     for lane in lanes.iter() {
@@ -489,6 +483,7 @@ where
     }
     let live = upload.targets.iter().filter(|t| t.1.is_none()).count();
     if too_large {
+        rewind(engine, upload, end_offset).await;
         let max = cfg.max_upload_bytes.unwrap_or_default();
         return Err(ResumableError::TooLarge(max));
     }
@@ -530,6 +525,7 @@ where
     metrics::counter!("distributary_resumable_checkpoints_total").increment(1);
     tracing::debug!(upload = %upload.id, offset = upload.offset, live, "checkpoint");
     if !checksum_ok {
+        rewind(engine, upload, end_offset).await;
         return Err(ResumableError::Checksum);
     }
     if let Some(f) = pumped.end.failure {
@@ -547,6 +543,40 @@ where
     } else {
         Step::More
     })
+}
+
+/// Removes from every target what a refused request sent past the upload's offset (it keeps nothing of
+/// it): readers and nodes cut their spools back with an empty append at the offset, and the ring's chunks
+/// past the record are deleted (the record's own never are: a partial last chunk lives under its tail key).
+async fn rewind(engine: &Engine, upload: &ResumableUpload, end: u64) {
+    let mode = Mode::Append {
+        offset: upload.offset,
+        keep_secs: engine.config().resumable_ttl.as_secs() + 3600,
+        ring_chunks: upload.ring_chunks.clone(),
+    };
+    let mut lanes = lanes_for(engine, upload, &mode);
+    engine.dispatch(&mut lanes, Msg::End).await;
+    engine.collect_staged(&mut lanes, 0, "", None).await;
+    if !engine.config().targets.iter().any(|t| t.is_ring) || end == upload.offset {
+        return;
+    }
+    let cluster = engine.cluster();
+    let size = cluster.chunk_size() as u64;
+    for i in upload.offset / size..=end / size {
+        cluster
+            .delete_blob(&ring_client::files::chunk_key(&upload.id, i))
+            .await;
+    }
+    if end % size != 0 {
+        cluster
+            .delete_blob(&ring_client::files::tail_key(
+                &upload.id,
+                end / size,
+                end % size,
+            ))
+            .await;
+    }
+    tracing::info!(upload = %upload.id, offset = upload.offset, "refused append rewound on every target");
 }
 
 /// A lane per configured target: appending ones for targets still in the upload, placeholders for the
@@ -721,6 +751,16 @@ async fn purge_ring(engine: &Engine, upload: &ResumableUpload) {
     cluster
         .delete_chunks(&upload.id, upload.ring_chunks.len() as u64 + beyond)
         .await;
+    let size = cluster.chunk_size() as u64;
+    if upload.offset % size != 0 {
+        cluster
+            .delete_blob(&ring_client::files::tail_key(
+                &upload.id,
+                upload.offset / size,
+                upload.offset % size,
+            ))
+            .await;
+    }
 }
 
 /// Cancels upload `id` (tus termination, IETF cancellation): everything it staged is removed.
