@@ -149,13 +149,20 @@ impl Cluster {
             } else {
                 chunk_key(upload_id, index)
             };
-            async move {
+            // A task of its own, so a chunk is written while the next one is read (a future in the set
+            // below would only move while the set is polled); aborted if the stage is dropped.
+            let task = tokio::spawn(async move {
                 me.put_blob(&key, data)
                     .await
                     .map(|p| (index, p))
                     .inspect_err(|e| {
                         tracing::warn!(%key, chunk = index, error = %e, "chunk write failed");
                     })
+            });
+            let task = tokio_util::task::AbortOnDropHandle::new(task);
+            async move {
+                task.await
+                    .map_err(|e| RingError::Aborted(format!("chunk write task: {e}")))?
             }
         };
         while let Some(piece) = chunks.next().await {

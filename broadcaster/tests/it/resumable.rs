@@ -2070,3 +2070,86 @@ async fn malformed_requests_get_clear_errors() {
     let view = tus.wait_state(&path, "committed", QUICK).await;
     assert_committed(&view, "good.bin", b"0123456789", 1);
 }
+
+/// The exact window in which a crash once lost a ring upload: a checkpoint left a partial last chunk
+/// on the ring, the next append completed that chunk, and the broadcaster died before checkpointing again.
+/// The test waits until the completed chunk is on the nodes while the recorded offset still ends inside it,
+/// kills the broadcaster there, and resumes: the partial chunk the record names must still be readable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_after_a_partial_ring_chunk_was_completed_loses_nothing() {
+    let checkpoint = 160 * KIB;
+    let mut site = Site::start(SiteOpts {
+        readers: 1,
+        ring: true,
+        env: vec![(
+            "BROADCASTER_RESUMABLE_CHECKPOINT_BYTES",
+            checkpoint.to_string(),
+        )],
+        ..SiteOpts::default()
+    });
+    let name = "partial-tail.bin";
+    let data = Bytes::from(gen_bytes(707, (4 * MIB) as usize));
+    let tus = site.tus();
+    let path = tus.create(name, data.len() as u64).await;
+    let id = id_of(&path).to_owned();
+    // Ends 32 KiB into chunk 4: the record names a partial chunk.
+    let first = 4 * RING_CHUNK + 32 * KIB;
+    let r = tus.patch(&path, 0, &data[..first as usize], &[]).await;
+    assert_eq!((r.status, r.offset()), (204, Some(first)), "{r}");
+
+    let sent = Arc::new(AtomicU64::new(0));
+    let rest = data.slice(first as usize..);
+    let req = tus
+        .patch_request(&path, first)
+        .header(CONTENT_LENGTH, rest.len().to_string())
+        .body(paced(
+            rest,
+            8 * KIB as usize,
+            Duration::from_millis(20),
+            sent,
+        ));
+    let slow = tokio::spawn(async move { req.send().await.map(|r| r.status().as_u16()) });
+
+    // Wait for: a whole chunk under the index the recorded offset ends inside.
+    let http = client();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let caught = loop {
+        assert!(
+            Instant::now() < deadline,
+            "never saw a completed chunk past the checkpoint"
+        );
+        let offset = tus.offset(&path).await;
+        let (index, tail) = (offset / RING_CHUNK, offset % RING_CHUNK);
+        let key = format!("raw.{id}/{index:08}");
+        let mut whole = false;
+        for n in &site.nodes {
+            let v: Value = http
+                .get(format!("http://{}/v1/blobs?prefix=raw.{id}", n.addr()))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            whole |= v["blobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|b| b["key"] == key && b["bytes"] == RING_CHUNK);
+        }
+        if tail != 0 && whole && tus.offset(&path).await == offset {
+            break offset;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    site.bc.proc.kill9();
+    let _ = slow.await;
+    site.restart_broadcaster();
+    let tus = site.tus();
+    let o = tus.offset(&path).await;
+    assert!(o >= caught, "the offset went back: {caught} → {o}");
+    tus.finish(&path, &data, o).await;
+    let view = tus.wait_state(&path, "committed", QUICK).await;
+    assert_committed(&view, name, &data, 2);
+    assert_everywhere(&site, name, &data).await;
+}
