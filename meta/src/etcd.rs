@@ -87,6 +87,11 @@ pub struct EtcdStore {
     /// Balances requests over all endpoints; with the retries in [`EtcdStore::run`], losing a
     /// minority of members is invisible to callers.
     client: Client,
+    /// One client per endpoint: a retry goes to the next member by name, so a dead member the balancer
+    /// keeps choosing (it does, for a while, after a crash) cannot take every attempt of a request.
+    members: Vec<Client>,
+    /// The member the last retry reached; retries start there.
+    preferred: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     endpoints: Vec<String>,
     options: EtcdOptions,
 }
@@ -158,13 +163,23 @@ impl EtcdStore {
             .with_keep_alive(Duration::from_secs(5), options.connect_timeout);
         let client = tokio::time::timeout(
             options.connect_timeout + options.request_timeout,
-            Client::connect(endpoints, Some(connect)),
+            Client::connect(endpoints, Some(connect.clone())),
         )
         .await
         .map_err(|_| unavailable("connect", endpoints, "no answer in time"))?
         .map_err(|e| unavailable("connect", endpoints, &e.to_string()))?;
+        let mut members = Vec::with_capacity(endpoints.len());
+        for e in endpoints {
+            // Lazy: a member that is down now is connected when a retry first needs it.
+            let member = Client::connect([e.as_str()], Some(connect.clone()))
+                .await
+                .map_err(|err| unavailable("connect", endpoints, &err.to_string()))?;
+            members.push(member);
+        }
         let store = EtcdStore {
             client,
+            members,
+            preferred: Default::default(),
             endpoints: endpoints.to_vec(),
             options,
         };
@@ -197,12 +212,26 @@ impl EtcdStore {
             let budget = deadline
                 .saturating_duration_since(Instant::now())
                 .min(self.options.attempt_timeout);
-            let last =
-                match tokio::time::timeout(budget, op(self.client.kv_client(), attempt)).await {
-                    Ok(Ok(v)) => return Ok(v),
-                    Ok(Err(e)) => e.to_string(),
-                    Err(_) => format!("no answer within {budget:?}"),
-                };
+            // The first attempt goes through the balancer; each retry to the next member in turn.
+            let member = (attempt > 0).then(|| {
+                (self.preferred.load(std::sync::atomic::Ordering::Relaxed) + attempt as usize - 1)
+                    % self.members.len()
+            });
+            let kv = match member {
+                Some(i) => self.members[i].kv_client(),
+                None => self.client.kv_client(),
+            };
+            let last = match tokio::time::timeout(budget, op(kv, attempt)).await {
+                Ok(Ok(v)) => {
+                    if let Some(i) = member {
+                        self.preferred
+                            .store(i, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    return Ok(v);
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("no answer within {budget:?}"),
+            };
             attempt += 1;
             if Instant::now() + backoff >= deadline {
                 return Err(unavailable(

@@ -17,6 +17,7 @@
 pub mod http;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -120,6 +121,8 @@ pub struct Appended {
 struct Session {
     lock: tokio::sync::Mutex<()>,
     running: Mutex<CancellationToken>,
+    /// The running append's client went away; what it sent is being checkpointed.
+    settling: AtomicBool,
 }
 
 /// The resumable uploads of one broadcaster.
@@ -136,6 +139,14 @@ impl Uploads {
             .entry(id.to_owned())
             .or_default()
             .clone()
+    }
+
+    fn existing(&self, id: &str) -> Option<Arc<Session>> {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
     }
 
     fn forget(&self, id: &str) {
@@ -275,8 +286,19 @@ pub async fn status(
     principal: &Principal,
     id: &str,
 ) -> Result<ResumableUpload, ResumableError> {
+    load(engine, principal, id).await?;
+    // A client that reconnects after a cut asks at once, while the cut append is still checkpointing what
+    // arrived: wait briefly for it, so the answer counts those bytes instead of sending the client into a
+    // 409 round. An append that is still receiving is not waited for beyond this.
+    let session = engine.resumable().existing(id);
+    if let Some(session) = session.filter(|s| s.settling.load(Ordering::Acquire)) {
+        let _ = tokio::time::timeout(HEAD_WAIT, session.lock.lock()).await;
+    }
     load(engine, principal, id).await
 }
+
+/// Longest `HEAD` waits for an append on the same upload to checkpoint.
+const HEAD_WAIT: Duration = Duration::from_secs(2);
 
 /// Appends `body` to upload `id` at `req.offset`, and completes the upload when it is whole.
 pub async fn append<S, E>(
@@ -332,7 +354,15 @@ where
     let mut sha = Sha256State::load(&upload.sha256_state)
         .map_err(|e| ResumableError::Unavailable(format!("upload state: {e}")))?;
     let started = Instant::now();
+    session.settling.store(false, Ordering::Release);
+    let settling = session.clone();
+    let _settled = Settled(session.clone());
     let body = common::guard::IdleTimeout::new(Box::pin(body), engine.config().body_idle_timeout)
+        .inspect(move |item| {
+            if item.is_err() {
+                settling.settling.store(true, Ordering::Release);
+            }
+        })
         .take_until(cancel.clone().cancelled_owned());
     futures_util::pin_mut!(body);
     let mut carry: Option<Bytes> = None;
@@ -403,6 +433,15 @@ where
         None
     };
     Ok(Appended { upload, summary })
+}
+
+/// Clears a session's `settling` however the append ends.
+struct Settled(Arc<Session>);
+
+impl Drop for Settled {
+    fn drop(&mut self) {
+        self.0.settling.store(false, Ordering::Release);
+    }
 }
 
 enum Step {
