@@ -384,9 +384,12 @@ async fn create(
                     };
                     let id = upload.id.clone();
                     // On failure the upload exists still; the client resumes it from what HEAD says.
-                    super::append(&engine, &principal, &id, req, body.into_data_stream())
-                        .await
-                        .map_err(|e| (Some(id), e))
+                    let mut body = body.into_data_stream();
+                    let done = super::append(&engine, &principal, &id, req, &mut body).await;
+                    if done.is_err() {
+                        drain(&mut body).await;
+                    }
+                    done.map_err(|e| (Some(id), e))
                 }
             };
             match tokio::spawn(run).await {
@@ -570,7 +573,12 @@ async fn patch(
         let engine = engine.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            super::append(&engine, &principal, &id, req, body.into_data_stream()).await
+            let mut body = body.into_data_stream();
+            let done = super::append(&engine, &principal, &id, req, &mut body).await;
+            if done.is_err() {
+                drain(&mut body).await;
+            }
+            done
         })
     };
     match task.await {
@@ -612,6 +620,28 @@ fn append_request(
         complete,
         checksum: checksum(headers)?,
     })
+}
+
+/// Most of a refused request's body read (and dropped) before the answer goes out.
+const DRAIN_BYTES: u64 = 16 << 20;
+/// Longest a refused request's body is read before the answer goes out.
+const DRAIN_TIME: Duration = Duration::from_secs(2);
+
+/// Reads what is left of a refused request's body, up to a bound: a client still sending when the answer
+/// comes would otherwise see its connection reset (the server closes with its body unread) instead of the
+/// answer, and learn nothing of why.
+async fn drain(body: &mut axum::body::BodyDataStream) {
+    use futures_util::StreamExt;
+    let mut read = 0u64;
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        while let Some(Ok(chunk)) = body.next().await {
+            read += chunk.len() as u64;
+            if read > DRAIN_BYTES {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// `DELETE /uploads/{id}`: termination; everything staged anywhere is removed.
