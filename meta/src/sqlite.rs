@@ -182,6 +182,84 @@ fn text(bytes: Vec<u8>) -> String {
     String::from_utf8(bytes).expect("JSON is UTF-8")
 }
 
+/// Rows of the `(id TEXT PRIMARY KEY, json TEXT)` tables, by table: one place for the SQL they share.
+/// Table names are constants of this module, never input.
+impl SqliteStore {
+    async fn upsert(&self, table: &'static str, id: String, json: String) -> Result<(), MetaError> {
+        self.call(move |c| {
+            c.execute(
+                &format!(
+                    "INSERT INTO {table} (id, json) VALUES (?1, ?2)
+                     ON CONFLICT (id) DO UPDATE SET json = excluded.json"
+                ),
+                params![id, json],
+            )
+            .map_err(sql)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_row<T>(
+        &self,
+        table: &'static str,
+        what: &'static str,
+        id: &str,
+    ) -> Result<Option<T>, MetaError>
+    where
+        T: serde::de::DeserializeOwned + Send + 'static,
+    {
+        let id = id.to_string();
+        self.call(move |c| {
+            let json: Option<String> = c
+                .query_row(
+                    &format!("SELECT json FROM {table} WHERE id = ?1"),
+                    [&id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(sql)?;
+            json.map(|j| from_json(what, &id, j.as_bytes())).transpose()
+        })
+        .await
+    }
+
+    async fn delete_row(&self, table: &'static str, id: &str) -> Result<(), MetaError> {
+        let id = id.to_string();
+        self.call(move |c| {
+            c.execute(&format!("DELETE FROM {table} WHERE id = ?1"), [&id])
+                .map_err(sql)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_rows<T>(
+        &self,
+        table: &'static str,
+        what: &'static str,
+    ) -> Result<Vec<T>, MetaError>
+    where
+        T: serde::de::DeserializeOwned + Send + 'static,
+    {
+        self.call(move |c| {
+            let mut stmt = c
+                .prepare(&format!("SELECT id, json FROM {table} ORDER BY id"))
+                .map_err(sql)?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+                .map_err(sql)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, json) = row.map_err(sql)?;
+                out.push(from_json(what, &id, json.as_bytes())?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
 #[async_trait]
 impl MetaStore for SqliteStore {
     async fn get_layout(&self) -> Result<Option<RingLayout>, MetaError> {
@@ -248,30 +326,12 @@ impl MetaStore for SqliteStore {
     }
 
     async fn put_video(&self, video: &VideoRecord) -> Result<(), MetaError> {
-        let (id, json) = (video.id.clone(), text(to_json(video)));
-        self.call(move |c| {
-            c.execute(
-                "INSERT INTO videos (id, json) VALUES (?1, ?2)
-                 ON CONFLICT (id) DO UPDATE SET json = excluded.json",
-                params![id, json],
-            )
-            .map_err(sql)?;
-            Ok(())
-        })
-        .await
+        self.upsert("videos", video.id.clone(), text(to_json(video)))
+            .await
     }
 
     async fn get_video(&self, id: &str) -> Result<Option<VideoRecord>, MetaError> {
-        let id = id.to_string();
-        self.call(move |c| {
-            let json: Option<String> = c
-                .query_row("SELECT json FROM videos WHERE id = ?1", [&id], |r| r.get(0))
-                .optional()
-                .map_err(sql)?;
-            json.map(|j| from_json("video", &id, j.as_bytes()))
-                .transpose()
-        })
-        .await
+        self.get_row("videos", "video", id).await
     }
 
     async fn list_videos(&self) -> Result<Vec<VideoRecord>, MetaError> {
@@ -395,101 +455,35 @@ impl MetaStore for SqliteStore {
     }
 
     async fn put_lease(&self, lease: &UploadLease) -> Result<(), MetaError> {
-        let (id, json) = (lease.id.clone(), text(to_json(lease)));
-        self.call(move |c| {
-            c.execute(
-                "INSERT INTO leases (id, json) VALUES (?1, ?2)
-                 ON CONFLICT (id) DO UPDATE SET json = excluded.json",
-                params![id, json],
-            )
-            .map_err(sql)?;
-            Ok(())
-        })
-        .await
+        self.upsert("leases", lease.id.clone(), text(to_json(lease)))
+            .await
     }
 
     async fn delete_lease(&self, id: &str) -> Result<(), MetaError> {
-        let id = id.to_string();
-        self.call(move |c| {
-            c.execute("DELETE FROM leases WHERE id = ?1", [&id])
-                .map_err(sql)?;
-            Ok(())
-        })
-        .await
+        self.delete_row("leases", id).await
     }
 
     async fn list_leases(&self) -> Result<Vec<UploadLease>, MetaError> {
-        self.call(|c| {
-            let mut stmt = c.prepare("SELECT id, json FROM leases").map_err(sql)?;
-            let rows = stmt
-                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-                .map_err(sql)?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (id, json) = row.map_err(sql)?;
-                out.push(from_json("lease", &id, json.as_bytes())?);
-            }
-            sort_leases(&mut out);
-            Ok(out)
-        })
-        .await
+        let mut out = self.list_rows("leases", "lease").await?;
+        sort_leases(&mut out);
+        Ok(out)
     }
 
     async fn put_resumable(&self, upload: &ResumableUpload) -> Result<(), MetaError> {
-        let (id, json) = (upload.id.clone(), text(to_json(upload)));
-        self.call(move |c| {
-            c.execute(
-                "INSERT INTO resumable (id, json) VALUES (?1, ?2)
-                 ON CONFLICT (id) DO UPDATE SET json = excluded.json",
-                params![id, json],
-            )
-            .map_err(sql)?;
-            Ok(())
-        })
-        .await
+        self.upsert("resumable", upload.id.clone(), text(to_json(upload)))
+            .await
     }
 
     async fn get_resumable(&self, id: &str) -> Result<Option<ResumableUpload>, MetaError> {
-        let id = id.to_string();
-        self.call(move |c| {
-            let json: Option<String> = c
-                .query_row("SELECT json FROM resumable WHERE id = ?1", [&id], |r| {
-                    r.get(0)
-                })
-                .optional()
-                .map_err(sql)?;
-            json.map(|j| from_json("resumable upload", &id, j.as_bytes()))
-                .transpose()
-        })
-        .await
+        self.get_row("resumable", "resumable upload", id).await
     }
 
     async fn delete_resumable(&self, id: &str) -> Result<(), MetaError> {
-        let id = id.to_string();
-        self.call(move |c| {
-            c.execute("DELETE FROM resumable WHERE id = ?1", [&id])
-                .map_err(sql)?;
-            Ok(())
-        })
-        .await
+        self.delete_row("resumable", id).await
     }
 
     async fn list_resumable(&self) -> Result<Vec<ResumableUpload>, MetaError> {
-        self.call(|c| {
-            let mut stmt = c
-                .prepare("SELECT id, json FROM resumable ORDER BY id")
-                .map_err(sql)?;
-            let rows = stmt
-                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-                .map_err(sql)?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (id, json) = row.map_err(sql)?;
-                out.push(from_json("resumable upload", &id, json.as_bytes())?);
-            }
-            Ok(out)
-        })
-        .await
+        self.list_rows("resumable", "resumable upload").await
     }
 
     async fn try_lock(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, MetaError> {

@@ -629,13 +629,24 @@ fn lanes_for(engine: &Engine, upload: &ResumableUpload, mode: &Mode) -> Vec<Lane
     } else {
         VideoMode::Skip
     };
+    lanes(engine, upload, |t| {
+        engine.open_lane(t, &upload.id, &upload.name, video, mode)
+    })
+}
+
+/// A lane per configured target: `open` for the ones still in the upload, placeholders for the others.
+fn lanes(
+    engine: &Engine,
+    upload: &ResumableUpload,
+    open: impl Fn(&crate::target::Target) -> Lane,
+) -> Vec<Lane> {
     engine
         .config()
         .targets
         .iter()
         .map(
             |t| match upload.targets.iter().find(|(label, _)| *label == t.label) {
-                Some((_, None)) => engine.open_lane(t, &upload.id, &upload.name, video, mode),
+                Some((_, None)) => open(t),
                 Some((_, Some(why))) => Lane::dropped(t, why.clone()),
                 None => Lane::dropped(t, "not a target when the upload began".into()),
             },
@@ -651,18 +662,7 @@ async fn complete(
     started: Instant,
 ) -> Result<Summary, ResumableError> {
     let sha_hex = hex::encode(digest);
-    let mut lanes: Vec<Lane> = engine
-        .config()
-        .targets
-        .iter()
-        .map(
-            |t| match upload.targets.iter().find(|(label, _)| *label == t.label) {
-                Some((_, None)) => Lane::idle(t),
-                Some((_, Some(why))) => Lane::dropped(t, why.clone()),
-                None => Lane::dropped(t, "not a target when the upload began".into()),
-            },
-        )
-        .collect();
+    let mut lanes = lanes(engine, upload, Lane::idle);
     let job = if upload.video {
         let begun = match crate::video::video_id_for(&upload.name, None) {
             Ok(id) => crate::video::VideoJob::begin(engine, &id).await,
