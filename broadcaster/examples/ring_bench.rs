@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
 use broadcaster::ring::nodes::BlobKey;
-use broadcaster::ring::{Cluster, RingSettings};
+use broadcaster::ring::{sha256_hex, Cluster, RingSettings};
 use bytes::Bytes;
 use futures_util::StreamExt;
 
@@ -767,6 +767,24 @@ async fn run() -> anyhow::Result<bool> {
         ));
         rounds.push(t);
     }
+    // `/content` serves only what a committed video recorded, with the digests reads are checked against:
+    // record the kept round as a ready video, as a finished transcode would.
+    let digests = video
+        .iter()
+        .map(|s| (s.file.clone(), sha256_hex(&s.data)))
+        .collect();
+    cluster
+        .meta()
+        .put_video(&meta::VideoRecord {
+            id: VIDEO.to_owned(),
+            status: meta::VideoRecord::READY.to_owned(),
+            created_unix_ms: 0,
+            duration_ms: Some(900_000),
+            files: video.iter().map(|s| s.file.clone()).collect(),
+            error: None,
+            digests,
+        })
+        .await?;
     let seq_id = format!("{VIDEO}-seq");
     let seq = write_video(&cluster, &seq_id, &video, 1).await?;
     progress(format!("write, 1 worker ({seq_id}): {}", secs(seq)));

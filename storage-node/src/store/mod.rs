@@ -6,6 +6,7 @@
 //! checked before any byte is served.
 
 pub mod format;
+pub mod group;
 pub mod writer;
 
 use std::collections::HashMap;
@@ -138,6 +139,8 @@ pub struct BlobStore {
     staging_ttl: Duration,
     /// Staged uploads by upload id; each entry holds an fsynced file that deletes itself when dropped.
     pending: Mutex<HashMap<String, Pending>>,
+    /// Directory fsyncs shared by blobs published at once.
+    syncs: Arc<group::DirSyncs>,
 }
 
 impl BlobStore {
@@ -158,6 +161,7 @@ impl BlobStore {
             max_blob_bytes: config.max_blob_bytes,
             staging_ttl: config.staging_ttl,
             pending: Mutex::new(HashMap::new()),
+            syncs: Arc::default(),
         })
     }
 
@@ -230,7 +234,9 @@ impl BlobStore {
     {
         let staged = self.write_staging(body, expected).await?;
         let info = BlobInfo::new(key, &staged.header);
-        staged.publish(self.blob_path(key)).await?;
+        staged
+            .publish(self.blob_path(key), self.syncs.clone())
+            .await?;
         Ok(info)
     }
 
@@ -400,7 +406,9 @@ impl BlobStore {
             .remove(upload_id)
             .ok_or_else(|| StoreError::UnknownUpload(upload_id.to_owned()))?;
         let info = BlobInfo::new(&p.key, &p.staged.header);
-        p.staged.publish(self.blob_path(&p.key)).await?;
+        p.staged
+            .publish(self.blob_path(&p.key), self.syncs.clone())
+            .await?;
         Ok(info)
     }
 

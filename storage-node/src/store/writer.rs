@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::format::{Header, HEADER_LEN};
+use super::group::DirSyncs;
 
 /// Chunks queued between the network task and the writer thread: bounds memory per upload.
 pub const WRITE_QUEUE_DEPTH: usize = 4;
@@ -147,12 +148,12 @@ impl StagedBlob {
 
     /// Renames the staged file to `dest` (replacing any blob there atomically) and fsyncs the directories
     /// involved, so the blob survives a crash once this returns.
-    pub async fn publish(mut self, dest: PathBuf) -> io::Result<()> {
+    pub async fn publish(mut self, dest: PathBuf, syncs: Arc<DirSyncs>) -> io::Result<()> {
         let Some(src) = self.guard.0.take() else {
             return Err(io::Error::other("already published"));
         };
         tokio::task::spawn_blocking(move || {
-            let r = publish(&src, &dest);
+            let r = publish(&src, &dest, &syncs);
             if r.is_err() {
                 let _ = fs::remove_file(&src);
             }
@@ -164,7 +165,7 @@ impl StagedBlob {
 }
 
 /// Renames `src` to `dest`, creating `dest`'s directory (one level) if needed.
-fn publish(src: &Path, dest: &Path) -> io::Result<()> {
+fn publish(src: &Path, dest: &Path, syncs: &DirSyncs) -> io::Result<()> {
     let dir = dest
         .parent()
         .ok_or_else(|| io::Error::other("blob path has no directory"))?;
@@ -184,7 +185,7 @@ fn publish(src: &Path, dest: &Path) -> io::Result<()> {
             Err(e) => return Err(e),
         }
     }
-    common::durable::sync_dir(dir)
+    syncs.after_rename(dir)
 }
 
 #[cfg(test)]
@@ -208,7 +209,10 @@ mod tests {
         assert_eq!(staged.path(), staging.as_path());
         let dest = dir.path().join("blobs").join("id").join("f");
         fs::create_dir(dir.path().join("blobs")).expect("mkdir");
-        staged.publish(dest.clone()).await.expect("publish");
+        staged
+            .publish(dest.clone(), Arc::default())
+            .await
+            .expect("publish");
         assert!(!staging.exists());
         let bytes = fs::read(&dest).expect("read");
         assert_eq!(&bytes[..8], format::MAGIC);
