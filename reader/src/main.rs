@@ -4,10 +4,6 @@
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-/// See the workspace manifest for why.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     common::env::handle_args("reader", || reader::Config::from_env().map(drop));

@@ -9,10 +9,6 @@ use clap::{Arg, ArgAction, CommandFactory, FromArgMatches};
 use storage_node::admin_cli::{self, Cli, Command};
 use tokio_util::sync::CancellationToken;
 
-/// See the workspace manifest for why.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
     let matches = Cli::command()
