@@ -539,6 +539,21 @@ impl MetaStore for EtcdStore {
         Ok(())
     }
 
+    async fn replace_resumable(
+        &self,
+        old: &ResumableUpload,
+        new: &ResumableUpload,
+    ) -> Result<bool, MetaError> {
+        let key = resumable_key(&new.id);
+        let (old, new) = (to_json(old), to_json(new));
+        let txn = Txn::new()
+            .when([Compare::value(key.clone(), CompareOp::Equal, old)])
+            .and_then([TxnOp::put(key.clone(), new.clone(), None)])
+            .or_else([TxnOp::get(key, None)]);
+        // A retry that finds our own value in place is our earlier attempt having committed.
+        self.txn_once("replace resumable upload", txn, &new).await
+    }
+
     async fn get_resumable(&self, id: &str) -> Result<Option<ResumableUpload>, MetaError> {
         self.get_one("get resumable upload", resumable_key(id))
             .await?

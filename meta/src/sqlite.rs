@@ -474,6 +474,24 @@ impl MetaStore for SqliteStore {
             .await
     }
 
+    async fn replace_resumable(
+        &self,
+        old: &ResumableUpload,
+        new: &ResumableUpload,
+    ) -> Result<bool, MetaError> {
+        let (id, old, new) = (new.id.clone(), text(to_json(old)), text(to_json(new)));
+        self.call(move |c| {
+            let n = c
+                .execute(
+                    "UPDATE resumable SET json = ?1 WHERE id = ?2 AND json = ?3",
+                    params![new, id, old],
+                )
+                .map_err(sql)?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
     async fn get_resumable(&self, id: &str) -> Result<Option<ResumableUpload>, MetaError> {
         self.get_row("resumable", "resumable upload", id).await
     }

@@ -69,6 +69,14 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug {
     /// Creates or replaces a resumable upload's record.
     async fn put_resumable(&self, upload: &ResumableUpload) -> Result<(), MetaError>;
 
+    /// Replaces `old` with `new` only if the stored record is still exactly `old` (compare-and-swap);
+    /// `Ok(false)` when another writer changed or removed it meanwhile.
+    async fn replace_resumable(
+        &self,
+        old: &ResumableUpload,
+        new: &ResumableUpload,
+    ) -> Result<bool, MetaError>;
+
     /// The resumable upload with this id.
     async fn get_resumable(&self, id: &str) -> Result<Option<ResumableUpload>, MetaError>;
 

@@ -317,6 +317,7 @@ where
     let (session, cancel) = engine.resumable().take_turn(id).await;
     let _turn = session.lock.lock().await;
     let mut upload = load(engine, principal, id).await?;
+    let mut stored = upload.clone();
     match upload.state.as_str() {
         OPEN => {}
         COMMITTED => {
@@ -382,6 +383,7 @@ where
         let step = run_segment(
             engine,
             &mut upload,
+            &mut stored,
             &mut sha,
             &mut request_sha,
             body.as_mut(),
@@ -457,6 +459,7 @@ enum Step {
 async fn run_segment<S, E>(
     engine: &Engine,
     upload: &mut ResumableUpload,
+    stored: &mut ResumableUpload,
     sha: &mut Sha256State,
     request_sha: &mut Option<Sha256>,
     body: std::pin::Pin<&mut S>,
@@ -557,12 +560,25 @@ where
         upload.sha256_state = sha.save();
     }
     upload.expires_unix_ms = now_ms() + cfg.resumable_ttl.as_millis() as u64;
-    engine
-        .cluster()
-        .meta()
-        .put_resumable(upload)
+    // Compare-and-swap against the record as this append last wrote it: another broadcaster appending to
+    // the same upload meanwhile makes this checkpoint fail instead of overwriting its progress.
+    let meta = engine.cluster().meta();
+    if !meta
+        .replace_resumable(stored, upload)
         .await
-        .map_err(ResumableError::meta)?;
+        .map_err(ResumableError::meta)?
+    {
+        let now = meta
+            .get_resumable(&upload.id)
+            .await
+            .map_err(ResumableError::meta)?
+            .ok_or(ResumableError::NotFound)?;
+        tracing::warn!(upload = %upload.id, "another request changed the upload during this append; it stops");
+        return Err(ResumableError::Offset {
+            expected: now.offset,
+        });
+    }
+    *stored = upload.clone();
     protect(engine, upload).await?;
     metrics::counter!("distributary_resumable_checkpoints_total").increment(1);
     tracing::debug!(upload = %upload.id, offset = upload.offset, live, "checkpoint");
