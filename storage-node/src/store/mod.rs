@@ -268,6 +268,35 @@ impl BlobStore {
         }
     }
 
+    /// Opens blob `key` checking only its header against the file's size, without hashing the payload:
+    /// what a `HEAD` needs (it sends no payload byte). Payloads are checked when they are read, at write,
+    /// and by the scrub; a `HEAD` that hashed would cost a whole read of the blob for a few headers.
+    pub async fn open_header(&self, key: &BlobKey) -> Result<VerifiedBlob, StoreError> {
+        let path = self.blob_path(key);
+        let checked = tokio::task::spawn_blocking(move || -> io::Result<_> {
+            let mut file = match fs::File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            if !file.metadata()?.is_file() {
+                return Ok(None);
+            }
+            let verdict = format::read_header(&mut file)?;
+            Ok(Some((file, verdict)))
+        })
+        .await
+        .map_err(io::Error::other)??;
+        match checked {
+            None => Err(StoreError::NotFound(key.to_string())),
+            Some((file, Ok(header))) => Ok(VerifiedBlob {
+                file: tokio::fs::File::from_std(file),
+                header,
+            }),
+            Some((_, Err(e))) => Err(self.corrupt(key, e)),
+        }
+    }
+
     fn corrupt(&self, key: &BlobKey, e: FormatError) -> StoreError {
         tracing::error!(key = %key, path = %self.blob_path(key).display(), error = %e, "corrupt blob: checksum verification failed");
         StoreError::Corrupt {

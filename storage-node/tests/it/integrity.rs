@@ -65,6 +65,20 @@ async fn corrupt_blob_answers_500_and_is_flagged() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    // A HEAD sends no payload and never hashes one: it answers from the header (length, recorded
+    // digest). Whoever reads the bytes gets the 500 above.
+    let r = http
+        .head(node.blob_url("v/chunk-0-00007.m4s"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["content-length"], data.len().to_string());
+    assert!(r.headers().get("x-blob-corrupt").is_none());
+    // A header that no longer matches the file is still refused on HEAD.
+    let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(HEADER_LEN + 100).unwrap();
+    drop(f);
     let r = http
         .head(node.blob_url("v/chunk-0-00007.m4s"))
         .send()
