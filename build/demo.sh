@@ -19,7 +19,8 @@ if ((${#need_apt[@]})); then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
 fi
 # The watch page's player (dash.js) is served by the broadcaster from web/node_modules.
-if [ ! -f web/node_modules/dashjs/dist/modern/umd/dash.all.min.js ]; then
+if [ ! -f web/node_modules/dashjs/dist/modern/umd/dash.all.min.js ] \
+   || [ ! -f web/node_modules/tus-js-client/dist/tus.min.js ]; then
   echo "installing the web player (npm ci)..."
   npm ci --prefix web --no-audit --no-fund --loglevel=error
 fi

@@ -66,7 +66,9 @@ fi
 
 # The watch page's player, served by the broadcaster from BROADCASTER_WEB_DIR.
 DASH_JS=node_modules/dashjs/dist/modern/umd/dash.all.min.js
-if [ ! -f "web/$DASH_JS" ]; then
+# The index page's resumable uploads.
+TUS_JS=node_modules/tus-js-client/dist/tus.min.js
+if [ ! -f "web/$DASH_JS" ] || [ ! -f "web/$TUS_JS" ]; then
   command -v npm >/dev/null || apt_install npm || { echo "npm is missing (apt-get install npm)" >&2; exit 1; }
   log "npm ci --prefix web"
   npm ci --prefix web --no-audit --no-fund --loglevel=error
@@ -88,14 +90,16 @@ fi
 mkdir -p "$OUT"
 STAGE="$OUT/$NAME"
 rm -rf "$STAGE" "$OUT/$NAME.tar.gz" "$OUT/SHA256SUMS"
-mkdir -p "$STAGE/bin" "$STAGE/web/$(dirname "$DASH_JS")"
+mkdir -p "$STAGE/bin" "$STAGE/web/$(dirname "$DASH_JS")" "$STAGE/web/$(dirname "$TUS_JS")"
 for b in "${BINS[@]}"; do
   install -m 0755 "target/$TARGET/release/$b" "$STAGE/bin/$b"
   strip --strip-all "$STAGE/bin/$b"
 done
 cp web/package.json "$STAGE/web/"
 cp "web/$DASH_JS" "$STAGE/web/$DASH_JS"
-for f in web/node_modules/dashjs/LICENSE.md web/node_modules/dashjs/package.json "web/$DASH_JS.LICENSE.txt"; do
+cp "web/$TUS_JS" "$STAGE/web/$TUS_JS"
+for f in web/node_modules/dashjs/LICENSE.md web/node_modules/dashjs/package.json "web/$DASH_JS.LICENSE.txt" \
+  web/node_modules/tus-js-client/LICENSE web/node_modules/tus-js-client/package.json; do
   if [ -f "$f" ]; then cp "$f" "$STAGE/$f"; fi
 done
 cp README.md "$STAGE/"

@@ -588,3 +588,34 @@ fn dockerfile_stages_run_as_a_user_with_healthchecks() {
         "the web player is copied into BROADCASTER_WEB_DIR ({web})"
     );
 }
+
+/// The image and the release tarball carry every script the pages load from the web root (the player and
+/// the resumable uploader), at the paths the broadcaster serves them from: a page whose script 404s in a
+/// container would fall back silently to plain uploads.
+#[test]
+fn images_and_releases_ship_the_pages_scripts() {
+    let docker =
+        std::fs::read_to_string(workspace_root().join(DOCKERFILE)).expect("read Dockerfile");
+    let release =
+        std::fs::read_to_string(workspace_root().join("dist/release.sh")).expect("read release.sh");
+    for script in ["dist/modern/umd/dash.all.min.js", "dist/tus.min.js"] {
+        assert!(
+            docker.contains(script),
+            "build/Dockerfile does not copy {script}"
+        );
+        assert!(
+            release.contains(script),
+            "dist/release.sh does not ship {script}"
+        );
+    }
+    for served in [
+        broadcaster::web::assets::DASH_JS_FILE,
+        broadcaster::web::assets::TUS_JS_FILE,
+    ] {
+        let file = served.rsplit('/').next().expect("a file name");
+        assert!(
+            docker.contains(file),
+            "build/Dockerfile does not copy {served}"
+        );
+    }
+}
