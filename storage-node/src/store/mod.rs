@@ -243,35 +243,22 @@ impl BlobStore {
     /// Opens blob `key` after hashing its payload against the stored checksum. A damaged blob is
     /// [`StoreError::Corrupt`] (and logged): the caller should read a replica.
     pub async fn open_verified(&self, key: &BlobKey) -> Result<VerifiedBlob, StoreError> {
-        let path = self.blob_path(key);
-        let checked = tokio::task::spawn_blocking(move || -> io::Result<_> {
-            let mut file = match fs::File::open(&path) {
-                Ok(f) => f,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(e),
-            };
-            if !file.metadata()?.is_file() {
-                return Ok(None);
-            }
-            let verdict = format::verify(&mut file)?;
-            Ok(Some((file, verdict)))
-        })
-        .await
-        .map_err(io::Error::other)??;
-        match checked {
-            None => Err(StoreError::NotFound(key.to_string())),
-            Some((file, Ok(header))) => Ok(VerifiedBlob {
-                file: tokio::fs::File::from_std(file),
-                header,
-            }),
-            Some((_, Err(e))) => Err(self.corrupt(key, e)),
-        }
+        self.open_checked(key, format::verify).await
     }
 
     /// Opens blob `key` checking only its header against the file's size, without hashing the payload:
     /// what a `HEAD` needs (it sends no payload byte). Payloads are checked when they are read, at write,
     /// and by the scrub; a `HEAD` that hashed would cost a whole read of the blob for a few headers.
     pub async fn open_header(&self, key: &BlobKey) -> Result<VerifiedBlob, StoreError> {
+        self.open_checked(key, format::read_header).await
+    }
+
+    /// Opens blob `key` on a blocking thread and runs `check` on it (header only, or the whole payload).
+    async fn open_checked(
+        &self,
+        key: &BlobKey,
+        check: fn(&mut fs::File) -> io::Result<Result<format::Header, FormatError>>,
+    ) -> Result<VerifiedBlob, StoreError> {
         let path = self.blob_path(key);
         let checked = tokio::task::spawn_blocking(move || -> io::Result<_> {
             let mut file = match fs::File::open(&path) {
@@ -282,7 +269,7 @@ impl BlobStore {
             if !file.metadata()?.is_file() {
                 return Ok(None);
             }
-            let verdict = format::read_header(&mut file)?;
+            let verdict = check(&mut file)?;
             Ok(Some((file, verdict)))
         })
         .await
