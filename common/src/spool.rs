@@ -302,6 +302,7 @@ impl Spool {
         S: Stream<Item = Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
+        let start = entry.len;
         let file = match File::options().write(true).open(entry.guard.path()) {
             Ok(mut f) => match f.seek(SeekFrom::Start(entry.len)) {
                 Ok(_) => f,
@@ -322,6 +323,7 @@ impl Spool {
             },
         ));
         let mut outcome = Ok(());
+        let mut queued = start;
         futures_util::pin_mut!(body);
         loop {
             let next = tokio::select! {
@@ -339,6 +341,12 @@ impl Spool {
                     break;
                 }
                 Some(Ok(chunk)) => {
+                    // The limit holds as bytes arrive: nothing past it is ever written.
+                    queued += chunk.len() as u64;
+                    if let Some(max) = self.max_bytes.filter(|&m| queued > m) {
+                        outcome = Err(SpoolError::TooLarge(max));
+                        break;
+                    }
                     if tx.send(chunk).await.is_err() {
                         break;
                     }
@@ -364,9 +372,6 @@ impl Spool {
             Ok(e) => e,
             Err(e) => return (Err(e.into()), Ok(())),
         };
-        if let Some(max) = self.max_bytes.filter(|&m| entry.len > m) {
-            outcome = Err(SpoolError::TooLarge(max));
-        }
         if let Err(SpoolError::Body { held, .. }) = &mut outcome {
             *held = entry.len;
         }
@@ -553,6 +558,25 @@ mod tests {
             spool.append(req("b", 5), body(&[b"x"])).await,
             Err(SpoolError::Offset { held: 0, .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn the_size_limit_fires_before_anything_past_it_is_written() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let spool = Spool::open(dir.path().join("spool"), 8, Some(10)).expect("open");
+        spool
+            .append(req("a", 0), body(&[b"123456"]))
+            .await
+            .expect("a");
+        assert!(matches!(
+            spool
+                .append(req("a", 6), body(&[b"78", b"9abc", b"def"]))
+                .await,
+            Err(SpoolError::TooLarge(10))
+        ));
+        let held = spool.held("a").expect("held");
+        assert!(held <= 10, "{held} bytes kept past a limit of 10");
+        assert!(fs::metadata(spool.path("a")).expect("file").len() <= 10);
     }
 
     #[tokio::test]
