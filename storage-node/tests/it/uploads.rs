@@ -189,7 +189,6 @@ async fn resumable_appends_cut_back_and_finish() {
             .await
             .unwrap();
         stream.flush().await.unwrap();
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         drop(stream);
     }
     let mut now = 0;
@@ -235,4 +234,82 @@ async fn resumable_appends_cut_back_and_finish() {
         .unwrap();
     assert_eq!(sha_hex(&body), sha_hex(&data));
     assert_eq!(held().await.unwrap().status(), StatusCode::NOT_FOUND);
+}
+
+/// Hostile requests on the resumable side get a clear 4xx and leave nothing spooled or staged.
+#[tokio::test]
+async fn hostile_resumable_requests_are_refused_and_leave_nothing() {
+    const RID: &str = "0123456789abcdef0123456789abcdee";
+    let node = Node::start();
+    let http = client();
+    let cases = [
+        (
+            http.patch(node.url(&format!("/v1/uploads/{RID}/x.bin?offset=abc")))
+                .body("x"),
+            "a non-numeric offset",
+        ),
+        (
+            http.patch(node.url(&format!("/v1/uploads/{RID}/x.bin")))
+                .body("x"),
+            "no offset",
+        ),
+        (
+            http.patch(node.url(&format!("/v1/uploads/{RID}/x.bin?offset=0")))
+                .header("x-distributary-keep-secs", "forever")
+                .body("x"),
+            "a bad keep header",
+        ),
+        (
+            http.patch(node.url("/v1/uploads/NOT-AN-ID/x.bin?offset=0"))
+                .body("x"),
+            "a bad upload id",
+        ),
+        (
+            http.patch(node.url(&format!("/v1/uploads/{RID}/a%00b?offset=0")))
+                .body("x"),
+            "a name with NUL",
+        ),
+        (
+            http.patch(node.url(&format!("/v1/uploads/{RID}/x.bin?offset=0")))
+                .header("x-distributary-video", "maybe")
+                .body("x"),
+            "a bad video header",
+        ),
+    ];
+    for (req, what) in cases {
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{what}");
+    }
+    for (status, req, what) in [
+        (
+            StatusCode::NOT_FOUND,
+            http.post(node.url(&format!("/v1/uploads/{RID}/finish"))),
+            "finishing an unknown upload",
+        ),
+        (
+            StatusCode::BAD_REQUEST,
+            http.post(node.url("/v1/uploads/NOT-AN-ID/finish")),
+            "finishing a bad id",
+        ),
+        (
+            StatusCode::NOT_FOUND,
+            http.get(node.url(&format!("/v1/uploads/{RID}"))),
+            "the held count of an unknown upload",
+        ),
+    ] {
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), status, "{what}");
+        let v: Value = r.json().await.unwrap();
+        assert!(
+            v["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{what}: {v}"
+        );
+    }
+    assert_eq!(node.staging_count(), 0);
+    let spool = node.data_dir.join("spool");
+    assert_eq!(
+        std::fs::read_dir(&spool).unwrap().count(),
+        0,
+        "spooled files left"
+    );
 }
