@@ -53,6 +53,19 @@ enum Protocol {
     Draft,
 }
 
+/// The protocol a request speaks, as an extractor: a request that speaks neither (or an unsupported
+/// version) is answered before the handler runs.
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Protocol {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Response> {
+        protocol(&parts.headers).map_err(|a| a.into_response())
+    }
+}
+
 /// An answer: status, protocol headers, and a JSON error or summary body.
 struct Answer {
     protocol: Protocol,
@@ -331,13 +344,10 @@ async fn create(
     State(engine): State<Engine>,
     Extension(principal): Extension<Principal>,
     Query(q): Query<CreateQuery>,
+    protocol: Protocol,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let protocol = match protocol(&headers) {
-        Ok(p) => p,
-        Err(a) => return a.into_response(),
-    };
     match creation(&engine, &principal, protocol, q, &headers) {
         Ok((c, complete)) => {
             let with_body = has_body(&headers);
@@ -516,12 +526,8 @@ async fn head(
     State(engine): State<Engine>,
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    protocol: Protocol,
 ) -> Response {
-    let protocol = match protocol(&headers) {
-        Ok(p) => p,
-        Err(a) => return a.into_response(),
-    };
     match super::status(&engine, &principal, &id).await {
         Ok(u) if u.state == super::FAILED => Answer::error(
             protocol,
@@ -544,13 +550,10 @@ async fn patch(
     State(engine): State<Engine>,
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
+    protocol: Protocol,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let protocol = match protocol(&headers) {
-        Ok(p) => p,
-        Err(a) => return a.into_response(),
-    };
     if protocol == Protocol::Tus && text(&headers, "content-type") != Some(OFFSET_OCTET_STREAM) {
         return Answer::error(
             protocol,
@@ -649,12 +652,8 @@ async fn terminate(
     State(engine): State<Engine>,
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    protocol: Protocol,
 ) -> Response {
-    let protocol = match protocol(&headers) {
-        Ok(p) => p,
-        Err(a) => return a.into_response(),
-    };
     match super::terminate(&engine, &principal, &id).await {
         Ok(()) => Answer::new(protocol, StatusCode::NO_CONTENT).into_response(),
         Err(e) => Answer::error(protocol, e).into_response(),
