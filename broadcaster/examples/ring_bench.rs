@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
 use broadcaster::ring::nodes::BlobKey;
-use broadcaster::ring::{sha256_hex, Cluster, RingSettings};
+use broadcaster::ring::{Cluster, RingSettings};
 use bytes::Bytes;
 use futures_util::StreamExt;
 
@@ -771,7 +771,13 @@ async fn run() -> anyhow::Result<bool> {
     // record the kept round as a ready video, as a finished transcode would.
     let digests = video
         .iter()
-        .map(|s| (s.file.clone(), sha256_hex(&s.data)))
+        .map(|s| {
+            let digest = common::blob_digest::BlobDigest::compute(
+                common::blob_digest::DigestKind::Windowed,
+                &s.data,
+            );
+            (s.file.clone(), digest.to_string())
+        })
         .collect();
     cluster
         .meta()

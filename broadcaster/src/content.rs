@@ -7,9 +7,11 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use common::protocol::ErrorBody;
+use futures_util::TryStreamExt;
 
 use crate::fanout::Engine;
 use crate::ring::nodes::{BlobKey, NodeError};
+use crate::ring::read::Opened;
 use crate::ring::RingError;
 
 /// The media type of a ring file, from its name.
@@ -71,20 +73,20 @@ pub async fn get_content(
         None if video.digests.is_empty() && video.files.contains(&key.file) => None,
         None => return missing(),
     };
-    let data = match engine
-        .cluster()
-        .get_verified(&key, expected.as_deref())
-        .await
-    {
-        Ok(d) => d,
+    // A windowed digest costs one small table read here (often none: checked tables are cached); the
+    // payload then streams window by window, each checked before it is sent. Older records are read whole.
+    let cluster = engine.cluster().clone();
+    let opened = match cluster.open_blob(&key, expected.as_deref()).await {
+        Ok(o) => o,
         Err(RingError::Node(NodeError::NotFound { .. })) => return missing(),
         Err(e) => return crate::error::BroadcastError::from(e).into_response(),
     };
-    let etag = match &expected {
-        Some(sha) => format!("\"{sha}\""),
-        None => format!("\"{:x}\"", xxhash_rust::xxh3::xxh3_128(&data)),
+    let etag = match (&expected, &opened) {
+        (Some(sha), _) => format!("\"{sha}\""),
+        (None, Opened::Whole(data)) => format!("\"{:x}\"", xxhash_rust::xxh3::xxh3_128(data)),
+        (None, Opened::Windowed(_)) => unreachable!("only a recorded windowed digest streams"),
     };
-    let len = data.len() as u64;
+    let len = opened.len();
     let (status, mut out, start, count) =
         match common::serve::prepare(&headers, &etag, len, content_type(&key.file)) {
             common::serve::Prepared::Done(resp) => return *resp,
@@ -102,9 +104,14 @@ pub async fn get_content(
         "public, max-age=31536000, immutable"
     };
     out.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
-    if method == Method::HEAD {
+    if method == Method::HEAD || count == 0 {
         return (status, out).into_response();
     }
-    let body = data.slice(start as usize..(start + count) as usize);
-    (status, out, Body::from(body)).into_response()
+    match cluster.stream_blob(key, opened, start, count).await {
+        Ok(stream) => {
+            let stream = stream.map_err(|e| std::io::Error::other(e.to_string()));
+            (status, out, Body::from_stream(stream)).into_response()
+        }
+        Err(e) => crate::error::BroadcastError::from(e).into_response(),
+    }
 }

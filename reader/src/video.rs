@@ -406,7 +406,7 @@ impl VideoSink {
         written
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push((file, placed.sha256));
+            .push((file, placed.digest));
         Ok(())
     }
 

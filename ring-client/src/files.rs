@@ -13,6 +13,7 @@ use futures_util::{Stream, StreamExt};
 use meta::FileRecord;
 
 use super::nodes::BlobKey;
+use super::read::BlobStream;
 use super::{Cluster, RingError};
 
 /// Chunks being written to the ring at once per upload; with the chunk size this bounds the lane's memory.
@@ -180,7 +181,7 @@ impl Cluster {
             if digests.len() <= i {
                 digests.resize(i + 1, String::new());
             }
-            digests[i] = p.sha256;
+            digests[i] = p.digest;
         };
         futures_util::pin_mut!(chunks);
         let put = |data: Bytes, index: u64| {
@@ -253,7 +254,7 @@ impl Cluster {
         let expected = digests.get(last as usize).map(String::as_str);
         let data = self.get_verified(&key, expected).await?;
         let placed = self.put_blob(&chunk_key(upload_id, last), data).await?;
-        if Some(placed.sha256.as_str()) != expected {
+        if Some(placed.digest.as_str()) != expected {
             return Err(RingError::Aborted(format!(
                 "the last chunk of {upload_id} changed while it was sealed"
             )));
@@ -310,41 +311,42 @@ impl Cluster {
             .await;
     }
 
-    /// Streams bytes `start..=end` of a raw upload. Every chunk is read whole and checked against the
-    /// digest recorded at commit before any of its bytes are sent; a replica that fails the check is
-    /// skipped. The first chunk is fetched before this returns, so a caller answers its status only once
-    /// it knows the read can start.
+    /// Streams bytes `start..=end` of a raw upload, chunk after chunk, each through
+    /// [`Cluster::stream_blob`]: every window is checked against the chunk's recorded digest before it is
+    /// sent, and a replica that fails the check is left for another. The first window is read before this
+    /// returns, so a caller answers its status only once it knows the read can start.
     pub async fn open_file(
         self: Arc<Self>,
         record: FileRecord,
         start: u64,
         end: u64,
-    ) -> Result<impl Stream<Item = Result<Bytes, RingError>>, RingError> {
+    ) -> Result<BlobStream, RingError> {
         let cs = record.chunk_size.max(1);
         let first = start / cs;
         let last = end / cs;
         let record = Arc::new(record);
         let piece = move |me: Arc<Self>, record: Arc<FileRecord>, i: u64| async move {
+            let key = chunk_key(&record.upload_id, i);
             let expected = record.chunk_sha256.get(i as usize).map(String::as_str);
-            let data = me
-                .get_verified(&chunk_key(&record.upload_id, i), expected)
-                .await?;
+            let opened = me.open_blob(&key, expected).await?;
             let chunk_start = i * cs;
-            let a = (start.max(chunk_start) - chunk_start) as usize;
-            let b = (end.min(chunk_start + cs - 1) - chunk_start) as usize;
-            if b >= data.len() || a > b {
+            let a = start.max(chunk_start) - chunk_start;
+            let b = end.min(chunk_start + cs - 1) - chunk_start;
+            if b >= opened.len() || a > b {
                 return Err(RingError::NoReplica(format!(
                     "chunk {i} of {} is shorter than its record says",
                     record.name
                 )));
             }
-            Ok(data.slice(a..=b))
+            me.stream_blob(key, opened, a, b - a + 1).await
         };
         let head = piece(self.clone(), record.clone(), first).await?;
         let rest = futures_util::stream::iter(first + 1..=last)
-            .map(move |i| piece(self.clone(), record.clone(), i))
-            // One chunk ahead, so the next replica round trip overlaps sending this one.
-            .buffered(2);
-        Ok(futures_util::stream::once(async move { Ok(head) }).chain(rest))
+            .then(move |i| piece(self.clone(), record.clone(), i))
+            .flat_map(|opened| match opened {
+                Ok(s) => s,
+                Err(e) => Box::pin(futures_util::stream::once(async move { Err(e) })),
+            });
+        Ok(Box::pin(head.chain(rest)))
     }
 }

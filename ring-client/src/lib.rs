@@ -5,6 +5,7 @@
 //! # Layout
 //! - [`nodes`]: HTTP client of the storage nodes' blob API (bounded replies, no redirects).
 //! - [`migrate`]: adding and removing nodes, by identity (copy, verify, switch, delete), as a worker.
+//! - [`read`]: streamed reads, each window checked against the recorded digest before it is sent.
 //! - [`files`]: raw uploads stored on the ring as fixed-size chunks, and reading them back verified.
 //! - [`maintenance`]: the lock that serialises migration, repair and sweep across broadcasters; leases of
 //!   live uploads.
@@ -14,13 +15,15 @@
 //! Consistency: while a migration runs, the stored layout carries the membership it moves to (`next`), and
 //! writers place every blob on the owners under both memberships, so nothing written during the copy is
 //! missed and writes never wait for a migration. Reads try the current owners, then the next, then the
-//! previous layout's. Every byte read is checked against the SHA-256 recorded when the blob was written
-//! (in the file or video record); a replica that fails the check is skipped.
+//! previous layout's. Every byte read is checked against the digest recorded when the blob was written
+//! (in the file or video record), window by window when it streams; a replica that fails the check is
+//! skipped.
 
 pub mod files;
 pub mod maintenance;
 pub mod migrate;
 pub mod nodes;
+pub mod read;
 pub mod repair;
 pub mod sweep;
 
@@ -29,6 +32,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::blob_digest::{self, BlobDigest, DigestKind};
 use common::cluster::ClusterSecret;
 use hashring::{Layout, Ring};
 use meta::{MetaError, MetaStore, RingLayout};
@@ -132,6 +136,8 @@ pub struct Cluster {
     holder: String,
     /// The migration this process runs, for `GET /admin/nodes`.
     progress: Mutex<Option<migrate::Progress>>,
+    /// Window tables checked lately (see [`read`]).
+    tables: read::TableCache,
 }
 
 /// Settings of the ring from the broadcaster's configuration.
@@ -174,19 +180,14 @@ fn ring_of(r: &RingLayout, nodes: &[String]) -> Ring {
     })
 }
 
-/// SHA-256 of `data`, hex.
-pub fn sha256_hex(data: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(data))
-}
-
 /// Where a blob was placed and what it hashed to.
 #[derive(Debug, Clone)]
 pub struct Placed {
     /// The nodes that hold a verified copy.
     pub owners: Vec<String>,
-    /// The blob's SHA-256, hex: record it, so reads can be checked against it.
-    pub sha256: String,
+    /// The blob's windowed digest (see [`common::blob_digest`]): record it, so reads can be checked
+    /// against it window by window.
+    pub digest: String,
 }
 
 impl Cluster {
@@ -219,6 +220,7 @@ impl Cluster {
             lease_ttl: settings.lease_ttl,
             holder: format!("{}-{}", std::process::id(), &common::cluster::nonce()[..12]),
             progress: Mutex::new(None),
+            tables: read::TableCache::default(),
         });
         let mut record = cluster.meta.get_layout().await?;
         if record.is_none() && !settings.initial_nodes.is_empty() {
@@ -365,7 +367,7 @@ impl Cluster {
     /// re-read afterwards and the blob placed again on any owner the new layout adds, so a migration never
     /// misses it.
     pub async fn put_blob(&self, key: &BlobKey, data: Bytes) -> Result<Placed, RingError> {
-        let sha = sha256_hex(&data);
+        let sha = BlobDigest::compute(DigestKind::Windowed, &data).to_string();
         let mut written: Vec<String> = Vec::new();
         for _ in 0..5 {
             let version = self.view().record.as_ref().map(|l| l.version);
@@ -387,7 +389,7 @@ impl Cluster {
             if self.view().record.as_ref().map(|l| l.version) == version {
                 return Ok(Placed {
                     owners,
-                    sha256: sha,
+                    digest: sha,
                 });
             }
         }
@@ -395,7 +397,7 @@ impl Cluster {
     }
 
     /// Reads the whole of `key` from the first candidate whose copy hashes to `expected` (the digest
-    /// recorded at write time). Without a recorded digest (records older than digests), the node's own
+    /// recorded at write time, of either kind). Without a recorded digest (records older than digests), the node's own
     /// claim is checked instead, which still catches a copy damaged on disk.
     pub async fn get_verified(
         &self,
@@ -411,14 +413,10 @@ impl Cluster {
         for (i, node) in candidates.iter().enumerate() {
             let result = self.nodes.get(node, key, None).await;
             let result = match result {
-                Ok(f) => {
-                    let got = sha256_hex(&f.data);
-                    let want = expected.or(f.sha256.as_deref());
-                    match want {
-                        Some(w) if w.eq_ignore_ascii_case(&got) => Ok(f.data),
-                        _ => Err(None),
-                    }
-                }
+                Ok(f) => match expected.or(f.sha256.as_deref()) {
+                    Some(w) if blob_digest::matches(w, &f.data) => Ok(f.data),
+                    _ => Err(None),
+                },
                 Err(e) => Err(Some(e)),
             };
             let label = match &result {

@@ -28,7 +28,7 @@ use meta::{Membership, RingLayout};
 use serde::Serialize;
 
 use super::nodes::{BlobInfo, BlobKey};
-use super::{ring_of, sha256_hex, Cluster, RingError};
+use super::{ring_of, Cluster, RingError};
 
 /// Blob copies in flight at once during a migration.
 const COPY_CONCURRENCY: usize = 16;
@@ -492,7 +492,7 @@ impl Cluster {
         for src in sources {
             match self.nodes.get(src, key, None).await {
                 Ok(f) => {
-                    if !sha256_hex(&f.data).eq_ignore_ascii_case(sha) {
+                    if !common::blob_digest::matches(sha, &f.data) {
                         metrics::counter!("distributary_ring_read_corrupt_total", "node" => src.clone())
                             .increment(1);
                         tracing::error!(%key, node = %src, "copy source does not match the recorded digest; skipped");

@@ -122,6 +122,8 @@ pub const MIN_AGE_HEADER: &str = "x-if-older-than-secs";
 #[derive(Debug, Clone)]
 pub struct NodeClient {
     http: reqwest::Client,
+    /// Bound of one request (see [`NodeClient::new`]).
+    timeout: Duration,
     /// Signs every request when the cluster has a secret.
     secret: Option<common::cluster::ClusterSecret>,
 }
@@ -150,6 +152,15 @@ pub async fn send_signed(
         sign(&mut req, s);
     }
     client.execute(req).await
+}
+
+/// A blob's window table as a node sent it (unchecked).
+#[derive(Debug)]
+pub struct WindowTable {
+    /// Payload length the node claims.
+    pub len: u64,
+    /// 32 bytes per window.
+    pub table: Bytes,
 }
 
 /// A blob read back, possibly a byte range of it.
@@ -181,7 +192,16 @@ impl NodeClient {
             // Below the storage nodes' keep-alive timeout: the pool drops a connection before the node does.
             .pool_idle_timeout(Duration::from_secs(30));
         let http = common::tls::trust(builder, common::tls::client_ca().as_ref()).build()?;
-        Ok(Self { http, secret })
+        Ok(Self {
+            http,
+            timeout,
+            secret,
+        })
+    }
+
+    /// The bound of one request.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     async fn send(
@@ -237,6 +257,62 @@ impl NodeClient {
             .map(str::to_owned);
         let data = read_limited(node, resp, MAX_BLOB_READ).await?;
         Ok(Fetched { data, sha256 })
+    }
+
+    /// The window table of a blob with a windowed digest, as `node` claims it: the payload length, the
+    /// digest and the table bytes. The caller checks the table against the digest it recorded.
+    pub async fn window_table(&self, node: &str, key: &BlobKey) -> Result<WindowTable, NodeError> {
+        let req = self
+            .http
+            .get(Self::url(node, &format!("{}?windows=1", key.path())));
+        let resp = self.send(req).await.map_err(|e| unreachable(node, &e))?;
+        let resp = check(node, key, resp).await?;
+        let len = resp
+            .headers()
+            .get("x-blob-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| NodeError::BadReply {
+                node: node.to_owned(),
+                detail: "a window table without a valid x-blob-length".into(),
+            })?;
+        if len > MAX_BLOB_READ {
+            return Err(NodeError::TooLarge {
+                node: node.to_owned(),
+                limit: MAX_BLOB_READ,
+            });
+        }
+        let limit = common::blob_digest::window_count(len) * 32;
+        let table = read_limited(node, resp, limit).await?;
+        Ok(WindowTable { len, table })
+    }
+
+    /// Starts reading bytes `start..=end` of a blob's payload from `node`; the caller reads the body as it
+    /// needs it (and checks it: the node does not hash a windowed blob before sending it). `timeout` bounds
+    /// the whole exchange, body included.
+    pub async fn get_range(
+        &self,
+        node: &str,
+        key: &BlobKey,
+        start: u64,
+        end: u64,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, NodeError> {
+        let req = self
+            .http
+            .get(Self::url(node, &key.path()))
+            .header(reqwest::header::RANGE, format!("bytes={start}-{end}"))
+            .timeout(timeout);
+        let resp = self.send(req).await.map_err(|e| unreachable(node, &e))?;
+        let resp = check(node, key, resp).await?;
+        // A node that ignores the range would send the blob from its first byte.
+        if resp.status() != reqwest::StatusCode::PARTIAL_CONTENT {
+            return Err(NodeError::BadReply {
+                node: node.to_owned(),
+                detail: format!("answered {} to a range request", resp.status()),
+            });
+        }
+        Ok(resp)
     }
 
     /// Deletes a blob; absent is fine.

@@ -19,7 +19,9 @@ pub enum StoreError {
     BadUploadId,
     #[error("bad digest header: {0}")]
     DigestHeader(#[from] common::digest::DigestHeaderError),
-    #[error("content SHA-256 mismatch: the client announced {expected}, the body has {actual}")]
+    #[error("bad digest header: {0}")]
+    BlobDigest(#[from] common::blob_digest::BadDigest),
+    #[error("content digest mismatch: the client announced {expected}, the body has {actual}")]
     DigestMismatch { expected: String, actual: String },
     #[error("blob exceeds the limit of {0} bytes")]
     TooLarge(u64),
@@ -30,6 +32,9 @@ pub enum StoreError {
     /// A conditional delete found the blob written more recently than the caller allowed.
     #[error("blob {0} was written again since it was listed; kept")]
     TooYoung(String),
+    /// The blob has a plain digest, so no window table to send.
+    #[error("blob {0} has no window table")]
+    NoWindows(String),
     #[error("upload id {0} is already in use")]
     UploadIdTaken(String),
     #[error("no staged upload with id {0}")]
@@ -46,9 +51,12 @@ pub enum StoreError {
 impl StoreError {
     fn status(&self) -> StatusCode {
         match self {
-            Self::BadKey(_) | Self::BadUploadId | Self::DigestHeader(_) | Self::Body(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::BadKey(_)
+            | Self::BadUploadId
+            | Self::DigestHeader(_)
+            | Self::BlobDigest(_)
+            | Self::Body(_) => StatusCode::BAD_REQUEST,
+            Self::NoWindows(_) => StatusCode::CONFLICT,
             Self::DigestMismatch { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NotFound(_) | Self::UnknownUpload(_) => StatusCode::NOT_FOUND,

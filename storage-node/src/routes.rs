@@ -9,6 +9,7 @@ use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
+use common::blob_digest::BlobDigest;
 use common::participant::{self, BodyStream, Participant, Stage};
 use common::protocol::{ErrorBody, StagedReport};
 use common::spool::Spool;
@@ -98,7 +99,7 @@ async fn put_blob(
     body: Body,
 ) -> Result<Response, StoreError> {
     let key = BlobKey::parse(&key)?;
-    let expected = common::digest::expected_sha256(&headers)?;
+    let expected = expected_digest(&headers)?;
     let info = store
         .put(&key, common::guard::idle(body.into_data_stream()), expected)
         .await;
@@ -110,19 +111,47 @@ async fn put_blob(
     Ok((StatusCode::CREATED, Json(info?)).into_response())
 }
 
+/// The digest a writer announced: a windowed one (`x-content-sha256: w1:…`, what the ring writes) or a
+/// plain SHA-256 in either header that the stream protocol accepts.
+fn expected_digest(headers: &HeaderMap) -> Result<Option<BlobDigest>, StoreError> {
+    let windowed = headers
+        .get("x-content-sha256")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.trim_start().starts_with("w"));
+    if let Some(text) = windowed {
+        if headers.contains_key("content-digest") {
+            return Err(common::digest::DigestHeaderError::Conflict.into());
+        }
+        return Ok(Some(BlobDigest::parse(text)?));
+    }
+    Ok(common::digest::expected_sha256(headers)?.map(BlobDigest::Sha256))
+}
+
 /// Counts a blob operation by result; a sync helper keeps the metrics temporaries out of async state.
 fn count(name: &'static str, ok: bool) {
     let result = if ok { "ok" } else { "error" };
     metrics::counter!(name, "result" => result).increment(1);
 }
 
+#[derive(Debug, Deserialize)]
+struct GetQuery {
+    /// `?windows=1`: the blob's window table instead of its payload.
+    #[serde(default)]
+    windows: Option<String>,
+}
+
 async fn get_blob(
     State(store): State<Arc<BlobStore>>,
     Path(key): Path<String>,
+    Query(query): Query<GetQuery>,
     method: Method,
     headers: HeaderMap,
 ) -> Result<Response, StoreError> {
     let key = BlobKey::parse(&key)?;
+    if query.windows.is_some() {
+        let (header, table) = store.window_table(&key).await?;
+        return Ok(crate::serve::table_response(&header, table));
+    }
     // A HEAD sends no payload, so it never hashes one (issue 11): only the header is checked.
     let blob = if method == Method::HEAD {
         store.open_header(&key).await

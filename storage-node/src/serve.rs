@@ -13,14 +13,32 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
 use crate::error::StoreError;
-use crate::store::format::HEADER_LEN;
+use crate::store::format::{Header, HEADER_LEN};
 use crate::store::VerifiedBlob;
 
 /// Read size when streaming a blob out.
 const READ_CHUNK: usize = 64 * 1024;
 
-/// Header carrying the payload's SHA-256 in hex, as on upload.
+/// Header carrying the payload's digest in its textual form, as on upload.
 const SHA256_HEADER: HeaderName = HeaderName::from_static("x-content-sha256");
+
+/// Header carrying the payload length with a window table.
+pub const LENGTH_HEADER: HeaderName = HeaderName::from_static("x-blob-length");
+
+/// The answer to `?windows=1`: the window table (32 bytes per window), the digest it hashes to and the
+/// payload length, which the reader checks against the digest it recorded before it trusts the table.
+pub fn table_response(header: &Header, table: Vec<u8>) -> Response {
+    let mut out = HeaderMap::new();
+    out.insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&header.digest_text()) {
+        out.insert(SHA256_HEADER, v);
+    }
+    out.insert(LENGTH_HEADER, HeaderValue::from(header.len));
+    (out, Body::from(table)).into_response()
+}
 
 /// Builds the answer for a verified blob.
 pub async fn blob_response(
@@ -29,7 +47,7 @@ pub async fn blob_response(
     headers: &HeaderMap,
 ) -> Result<Response, StoreError> {
     let VerifiedBlob { mut file, header } = blob;
-    let sha = header.sha256_hex();
+    let sha = header.digest_text();
     let etag = format!("\"{sha}\"");
     let (status, mut out, start, count) =
         match prepare(headers, &etag, header.len, "application/octet-stream") {

@@ -16,6 +16,7 @@ mod integrity;
 mod lifecycle;
 mod metrics;
 mod reader;
+mod reads;
 mod resumable;
 mod ring;
 mod security;

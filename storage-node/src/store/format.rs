@@ -1,23 +1,37 @@
-//! The on-disk blob format, version 1.
+//! The on-disk blob formats.
 //!
 //! ```text
+//! version 1 (a plain SHA-256: stream-protocol uploads, and blobs written before windows)
 //! offset  size  field
-//!      0     8  magic "DSTBLOB1" (format and version: a later format gets a new magic)
+//!      0     8  magic "DSTBLOB1"
 //!      8    32  SHA-256 of the payload
-//!     40     8  payload length, u64 little-endian
+//!     40     8  payload length n, u64 little-endian
 //!     48     n  payload
+//!
+//! version 2 (a windowed digest, see common::blob_digest: what the ring writes)
+//!      0     8  magic "DSTBLOB2"
+//!      8    32  root of the window table (covers the length)
+//!     40     8  payload length n, u64 little-endian
+//!     48     n  payload
+//!   48+n  32*w  SHA-256 of each 64 KiB window of the payload, w = ceil(n / 64 KiB)
 //! ```
 //!
 //! The checksum lives in the same file as the bytes it covers, so one rename publishes both and no crash can
 //! leave a blob with a missing or stale checksum. The length makes truncation detectable without hashing.
+//! A version 2 blob is served without hashing: the reader checks every window against the table, and the
+//! table against the digest it recorded. A version 1 blob is hashed whole before it is served.
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
 
+use common::blob_digest::{self, BlobDigest, WindowHasher};
 use sha2::{Digest, Sha256};
 
-/// Magic and version of the format.
+/// Magic and version of the plain format.
 pub const MAGIC: &[u8; 8] = b"DSTBLOB1";
+/// Magic and version of the windowed format.
+pub const MAGIC_WINDOWED: &[u8; 8] = b"DSTBLOB2";
 /// Bytes before the payload.
 pub const HEADER_LEN: u64 = 48;
 /// Read size while verifying a payload.
@@ -26,8 +40,8 @@ const VERIFY_CHUNK: usize = 256 * 1024;
 /// What the header of a blob file says about its payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
-    /// SHA-256 of the payload.
-    pub sha256: [u8; 32],
+    /// The payload's digest; its kind is the file's version.
+    pub digest: BlobDigest,
     /// Payload length in bytes.
     pub len: u64,
 }
@@ -41,7 +55,7 @@ pub enum FormatError {
     BadMagic(String),
     #[error("header says {header} payload bytes, the file holds {actual}")]
     LengthMismatch { header: u64, actual: u64 },
-    #[error("stored SHA-256 {stored}, computed {computed}")]
+    #[error("stored digest {stored}, computed {computed}")]
     ChecksumMismatch { stored: String, computed: String },
 }
 
@@ -49,32 +63,59 @@ impl Header {
     /// The 48 header bytes.
     pub fn encode(&self) -> [u8; HEADER_LEN as usize] {
         let mut out = [0u8; HEADER_LEN as usize];
-        out[..8].copy_from_slice(MAGIC);
-        out[8..40].copy_from_slice(&self.sha256);
+        let magic = match self.digest {
+            BlobDigest::Sha256(_) => MAGIC,
+            BlobDigest::Windowed(_) => MAGIC_WINDOWED,
+        };
+        out[..8].copy_from_slice(magic);
+        out[8..40].copy_from_slice(self.digest.bytes());
         out[40..48].copy_from_slice(&self.len.to_le_bytes());
         out
     }
 
     /// Parses the 48 header bytes.
     pub fn decode(bytes: &[u8; HEADER_LEN as usize]) -> Result<Self, FormatError> {
-        if &bytes[..8] != MAGIC {
-            return Err(FormatError::BadMagic(
-                String::from_utf8_lossy(&bytes[..8]).into_owned(),
-            ));
-        }
-        let mut sha256 = [0u8; 32];
-        sha256.copy_from_slice(&bytes[8..40]);
+        let mut d = [0u8; 32];
+        d.copy_from_slice(&bytes[8..40]);
+        let digest = match &bytes[..8] {
+            m if m == MAGIC => BlobDigest::Sha256(d),
+            m if m == MAGIC_WINDOWED => BlobDigest::Windowed(d),
+            m => {
+                return Err(FormatError::BadMagic(
+                    String::from_utf8_lossy(m).into_owned(),
+                ))
+            }
+        };
         let mut len = [0u8; 8];
         len.copy_from_slice(&bytes[40..48]);
         Ok(Self {
-            sha256,
+            digest,
             len: u64::from_le_bytes(len),
         })
     }
 
-    /// The checksum as lowercase hex.
-    pub fn sha256_hex(&self) -> String {
-        hex::encode(self.sha256)
+    /// The digest in its textual form (see [`common::blob_digest`]).
+    pub fn digest_text(&self) -> String {
+        self.digest.to_string()
+    }
+
+    /// Whether the file carries a window table.
+    pub fn windowed(&self) -> bool {
+        matches!(self.digest, BlobDigest::Windowed(_))
+    }
+
+    /// Bytes of the window table after the payload.
+    pub fn table_len(&self) -> u64 {
+        if self.windowed() {
+            blob_digest::window_count(self.len) * 32
+        } else {
+            0
+        }
+    }
+
+    /// The whole file's size.
+    fn file_len(&self) -> u64 {
+        HEADER_LEN + self.len + self.table_len()
     }
 }
 
@@ -91,46 +132,84 @@ pub fn read_header(file: &mut File) -> io::Result<Result<Header, FormatError>> {
         Ok(h) => h,
         Err(e) => return Ok(Err(e)),
     };
-    let actual = size - HEADER_LEN;
-    if header.len != actual {
+    if header.file_len() != size {
         return Ok(Err(FormatError::LengthMismatch {
             header: header.len,
-            actual,
+            actual: size.saturating_sub(HEADER_LEN + header.table_len()),
         }));
     }
     Ok(Ok(header))
 }
 
-/// Reads the header and hashes the whole payload, leaving `file` positioned at its end. Blocking: call from
-/// a blocking thread.
+/// The stored window table of a version 2 blob (empty for version 1).
+pub fn read_table(file: &File, header: &Header) -> io::Result<Vec<u8>> {
+    let mut table = vec![0u8; header.table_len() as usize];
+    file.read_exact_at(&mut table, HEADER_LEN + header.len)?;
+    Ok(table)
+}
+
+/// What a `GET` needs before it sends payload bytes: a version 2 blob only its header (the reader checks
+/// every window), a version 1 blob its whole payload hashed. Blocking.
+pub fn check_for_serving(file: &mut File) -> io::Result<Result<Header, FormatError>> {
+    let header = match read_header(file)? {
+        Ok(h) => h,
+        Err(e) => return Ok(Err(e)),
+    };
+    if header.windowed() {
+        return Ok(Ok(header));
+    }
+    file.seek(SeekFrom::Start(0))?;
+    verify(file)
+}
+
+/// Reads the header and hashes the whole payload (and, for version 2, checks the stored table too).
+/// Blocking: call from a blocking thread.
 pub fn verify(file: &mut File) -> io::Result<Result<Header, FormatError>> {
     let header = match read_header(file)? {
         Ok(h) => h,
         Err(e) => return Ok(Err(e)),
     };
-    let mut hasher = Sha256::new();
+    let mut plain = Sha256::new();
+    let mut windows = WindowHasher::new();
     let mut buf = vec![0u8; VERIFY_CHUNK];
     let mut seen = 0u64;
+    let mut payload = (&mut *file).take(header.len);
     loop {
-        let n = file.read(&mut buf)?;
+        let n = payload.read(&mut buf)?;
         if n == 0 {
             break;
         }
-        hasher.update(&buf[..n]);
+        if header.windowed() {
+            windows.update(&buf[..n]);
+        } else {
+            plain.update(&buf[..n]);
+        }
         seen += n as u64;
     }
     if seen != header.len {
-        // The file changed size under us: it was truncated or appended to after the header check.
+        // The file changed size under us: it was truncated after the header check.
         return Ok(Err(FormatError::LengthMismatch {
             header: header.len,
             actual: seen,
         }));
     }
-    let computed: [u8; 32] = hasher.finalize().into();
-    if computed != header.sha256 {
+    let computed = if header.windowed() {
+        let (digest, table) = windows.finish();
+        // The stored table is what readers check windows against: it must be the payload's.
+        if read_table(file, &header)? != blob_digest::encode_table(&table) {
+            return Ok(Err(FormatError::ChecksumMismatch {
+                stored: header.digest_text(),
+                computed: "a window table that differs from the payload's".into(),
+            }));
+        }
+        digest
+    } else {
+        BlobDigest::Sha256(plain.finalize().into())
+    };
+    if computed != header.digest {
         return Ok(Err(FormatError::ChecksumMismatch {
-            stored: header.sha256_hex(),
-            computed: hex::encode(computed),
+            stored: header.digest_text(),
+            computed: computed.to_string(),
         }));
     }
     Ok(Ok(header))
@@ -145,7 +224,7 @@ mod tests {
     fn blob_file(payload: &[u8]) -> File {
         let mut f = tempfile::tempfile().expect("tempfile");
         let h = Header {
-            sha256: Sha256::digest(payload).into(),
+            digest: BlobDigest::Sha256(Sha256::digest(payload).into()),
             len: payload.len() as u64,
         };
         f.write_all(&h.encode()).expect("write");
@@ -154,21 +233,97 @@ mod tests {
         f
     }
 
+    fn windowed_file(payload: &[u8]) -> File {
+        let mut f = tempfile::tempfile().expect("tempfile");
+        let mut h = WindowHasher::new();
+        h.update(payload);
+        let (digest, table) = h.finish();
+        let header = Header {
+            digest,
+            len: payload.len() as u64,
+        };
+        f.write_all(&header.encode()).expect("write");
+        f.write_all(payload).expect("write");
+        f.write_all(&blob_digest::encode_table(&table))
+            .expect("write");
+        f.rewind().expect("rewind");
+        f
+    }
+
     #[test]
     fn header_round_trip() {
         let h = Header {
-            sha256: [7; 32],
+            digest: BlobDigest::Sha256([7; 32]),
             len: 0x0102_0304_0506_0708,
         };
         let bytes = h.encode();
         assert_eq!(&bytes[..8], b"DSTBLOB1");
         assert_eq!(&bytes[40..48], &[8, 7, 6, 5, 4, 3, 2, 1]);
         assert_eq!(Header::decode(&bytes), Ok(h));
+        let w = Header {
+            digest: BlobDigest::Windowed([7; 32]),
+            len: 5,
+        };
+        assert_eq!(&w.encode()[..8], b"DSTBLOB2");
+        assert_eq!(Header::decode(&w.encode()), Ok(w));
         let mut other = bytes;
-        other[7] = b'2';
+        other[7] = b'9';
         assert!(matches!(
             Header::decode(&other),
-            Err(FormatError::BadMagic(m)) if m == "DSTBLOB2"
+            Err(FormatError::BadMagic(m)) if m == "DSTBLOB9"
+        ));
+    }
+
+    #[test]
+    fn windowed_blobs_verify_and_serve_without_hashing() {
+        let payload: Vec<u8> = (0..(3 * blob_digest::WINDOW + 100))
+            .map(|i| (i % 253) as u8)
+            .collect();
+        let mut f = windowed_file(&payload);
+        let h = verify(&mut f).expect("io").expect("valid");
+        assert!(h.windowed());
+        assert_eq!(
+            h.digest_text(),
+            BlobDigest::compute(blob_digest::DigestKind::Windowed, &payload).to_string()
+        );
+        assert_eq!(read_table(&f, &h).expect("table").len(), 4 * 32);
+
+        // A flipped payload byte: the scrub finds it, serving does not hash (the reader's window check
+        // does), and a flipped table byte is found by the scrub too.
+        let mut f = windowed_file(&payload);
+        f.write_all_at(b"X", HEADER_LEN + 70_000).expect("write");
+        assert!(matches!(
+            verify(&mut f).expect("io"),
+            Err(FormatError::ChecksumMismatch { .. })
+        ));
+        f.rewind().expect("rewind");
+        assert!(check_for_serving(&mut f).expect("io").is_ok());
+        let mut f = windowed_file(&payload);
+        f.write_all_at(b"X", HEADER_LEN + payload.len() as u64 + 3)
+            .expect("write");
+        assert!(matches!(
+            verify(&mut f).expect("io"),
+            Err(FormatError::ChecksumMismatch { .. })
+        ));
+
+        // A missing table is a size mismatch, found without hashing.
+        let f2 = windowed_file(&payload);
+        f2.set_len(HEADER_LEN + payload.len() as u64)
+            .expect("truncate");
+        let mut f2 = f2;
+        assert!(matches!(
+            read_header(&mut f2).expect("io"),
+            Err(FormatError::LengthMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn plain_blobs_are_hashed_before_serving() {
+        let mut f = blob_file(b"hello world");
+        f.write_all_at(b"O", HEADER_LEN + 4).expect("write");
+        assert!(matches!(
+            check_for_serving(&mut f).expect("io"),
+            Err(FormatError::ChecksumMismatch { .. })
         ));
     }
 
@@ -177,7 +332,7 @@ mod tests {
         let mut f = blob_file(b"hello world");
         let h = verify(&mut f).expect("io").expect("valid");
         assert_eq!(h.len, 11);
-        assert_eq!(h.sha256_hex(), hex::encode(Sha256::digest(b"hello world")));
+        assert_eq!(h.digest_text(), hex::encode(Sha256::digest(b"hello world")));
 
         let mut empty = blob_file(b"");
         assert_eq!(verify(&mut empty).expect("io").expect("valid").len, 0);

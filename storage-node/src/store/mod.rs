@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::blob_digest::{BlobDigest, DigestKind};
 use common::digest::Sha256Digest;
 use common::protocol::StagedReport;
 use futures_util::{Stream, StreamExt};
@@ -84,7 +85,8 @@ pub struct BlobInfo {
     pub key: String,
     /// Payload length.
     pub bytes: u64,
-    /// Payload SHA-256, lowercase hex.
+    /// Payload digest in its textual form (a plain SHA-256 in hex, or a windowed digest: see
+    /// [`common::blob_digest`]); the field keeps its first name on the wire.
     pub sha256: String,
     /// Seconds since the blob was last written, by this node's clock: housekeeping removes only blobs
     /// older than its grace period, whatever the clocks of other machines say.
@@ -97,7 +99,7 @@ impl BlobInfo {
         Self {
             key: key.to_string(),
             bytes: header.len,
-            sha256: header.sha256_hex(),
+            sha256: header.digest_text(),
             age_secs: 0,
         }
     }
@@ -180,12 +182,13 @@ impl BlobStore {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Streams `body` into a new staging file and fsyncs it. Any error drops the writer, which deletes the
-    /// partial file.
+    /// Streams `body` into a new staging file of the `kind` format and fsyncs it. Any error drops the
+    /// writer, which deletes the partial file.
     async fn write_staging<S, E>(
         &self,
         body: S,
-        expected: Option<Sha256Digest>,
+        kind: DigestKind,
+        expected: Option<BlobDigest>,
     ) -> Result<StagedBlob, StoreError>
     where
         S: Stream<Item = Result<Bytes, E>>,
@@ -194,7 +197,7 @@ impl BlobStore {
         let path = self
             .staging_dir
             .join(uuid::Uuid::new_v4().simple().to_string());
-        let mut writer = BlobWriter::create(path, self.buffer_size)?;
+        let mut writer = BlobWriter::create(path, self.buffer_size, kind)?;
         let mut total = 0u64;
         futures_util::pin_mut!(body);
         while let Some(chunk) = body.next().await {
@@ -209,11 +212,11 @@ impl BlobStore {
         }
         let staged = writer.finish().await?;
         if let Some(expected) = expected {
-            if expected != staged.header.sha256 {
+            if expected != staged.header.digest {
                 // Dropping `staged` deletes it: nothing is stored.
                 return Err(StoreError::DigestMismatch {
-                    expected: hex::encode(expected),
-                    actual: staged.header.sha256_hex(),
+                    expected: expected.to_string(),
+                    actual: staged.header.digest_text(),
                 });
             }
         }
@@ -221,18 +224,20 @@ impl BlobStore {
     }
 
     /// Stores `body` as blob `key`, replacing any previous version atomically. Durable when it returns.
-    /// When `expected` is given and differs from the body's SHA-256, nothing is stored.
+    /// The blob gets the kind of digest `expected` is (a plain SHA-256 when none is given); when the body's
+    /// digest differs from `expected`, nothing is stored.
     pub async fn put<S, E>(
         &self,
         key: &BlobKey,
         body: S,
-        expected: Option<Sha256Digest>,
+        expected: Option<BlobDigest>,
     ) -> Result<BlobInfo, StoreError>
     where
         S: Stream<Item = Result<Bytes, E>>,
         E: fmt::Display,
     {
-        let staged = self.write_staging(body, expected).await?;
+        let kind = expected.map_or(DigestKind::Sha256, |d| d.kind());
+        let staged = self.write_staging(body, kind, expected).await?;
         let info = BlobInfo::new(key, &staged.header);
         staged
             .publish(self.blob_path(key), self.syncs.clone())
@@ -240,10 +245,26 @@ impl BlobStore {
         Ok(info)
     }
 
-    /// Opens blob `key` after hashing its payload against the stored checksum. A damaged blob is
-    /// [`StoreError::Corrupt`] (and logged): the caller should read a replica.
+    /// Opens blob `key` for serving its payload: a windowed blob after a check of its header (the reader
+    /// checks every window against the table), a plain one after hashing its payload against the stored
+    /// checksum. A damaged blob is [`StoreError::Corrupt`] (and logged): the caller should read a replica.
     pub async fn open_verified(&self, key: &BlobKey) -> Result<VerifiedBlob, StoreError> {
-        self.open_checked(key, format::verify).await
+        self.open_checked(key, format::check_for_serving).await
+    }
+
+    /// The window table of blob `key` (see [`common::blob_digest`]), with its header; a plain blob has
+    /// none and answers [`StoreError::NoWindows`].
+    pub async fn window_table(&self, key: &BlobKey) -> Result<(Header, Vec<u8>), StoreError> {
+        let blob = self.open_header(key).await?;
+        if !blob.header.windowed() {
+            return Err(StoreError::NoWindows(key.to_string()));
+        }
+        let header = blob.header;
+        let file = blob.file.into_std().await;
+        let table = tokio::task::spawn_blocking(move || format::read_table(&file, &header))
+            .await
+            .map_err(io::Error::other)??;
+        Ok((header, table))
     }
 
     /// Opens blob `key` checking only its header against the file's size, without hashing the payload:
@@ -388,10 +409,13 @@ impl BlobStore {
         if self.pending().contains_key(upload_id) {
             return Err(StoreError::UploadIdTaken(upload_id.to_owned()));
         }
-        let staged = self.write_staging(body, expected).await?;
+        // The stream protocol reports the upload's own SHA-256, which the broadcaster compares with its.
+        let staged = self
+            .write_staging(body, DigestKind::Sha256, expected.map(BlobDigest::Sha256))
+            .await?;
         let report = StagedReport {
             bytes: staged.header.len,
-            sha256: Some(staged.header.sha256_hex()),
+            sha256: Some(staged.header.digest_text()),
             xxh3: None,
             video: None,
             chunk_sha256: Vec::new(),
@@ -526,7 +550,7 @@ fn list_blocking(blobs_dir: &Path, prefix: &str, verify: bool) -> io::Result<Lis
                 Ok(header) => found.push(BlobInfo {
                     key,
                     bytes: header.len,
-                    sha256: header.sha256_hex(),
+                    sha256: header.digest_text(),
                     age_secs: age_secs(&meta),
                 }),
                 Err(e) => damaged.push((key, e)),
@@ -637,12 +661,39 @@ mod tests {
     async fn digest_mismatch_and_limits_store_nothing() {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = store(dir.path());
-        let r = s.put(&key("v/a"), body(&[b"abc"]), Some([0; 32])).await;
+        let r = s
+            .put(
+                &key("v/a"),
+                body(&[b"abc"]),
+                Some(BlobDigest::Sha256([0; 32])),
+            )
+            .await;
         assert!(matches!(r, Err(StoreError::DigestMismatch { .. })), "{r:?}");
-        let good: [u8; 32] = Sha256::digest(b"abc").into();
+        let r = s
+            .put(
+                &key("v/a"),
+                body(&[b"abc"]),
+                Some(BlobDigest::Windowed([0; 32])),
+            )
+            .await;
+        assert!(matches!(r, Err(StoreError::DigestMismatch { .. })), "{r:?}");
+        let good = BlobDigest::Sha256(Sha256::digest(b"abc").into());
         s.put(&key("v/b"), body(&[b"abc"]), Some(good))
             .await
             .expect("matching digest");
+        let windowed = BlobDigest::compute(DigestKind::Windowed, b"abc");
+        let info = s
+            .put(&key("v/w"), body(&[b"a", b"bc"]), Some(windowed))
+            .await
+            .expect("matching windowed digest");
+        assert_eq!(info.sha256, windowed.to_string());
+        let (header, table) = s.window_table(&key("v/w")).await.expect("table");
+        assert_eq!(header.len, 3);
+        assert_eq!(table.len(), 32);
+        assert!(matches!(
+            s.window_table(&key("v/b")).await,
+            Err(StoreError::NoWindows(_))
+        ));
         assert!(!s.blob_path(&key("v/a")).exists());
         assert_eq!(fs::read_dir(s.staging_dir()).expect("ls").count(), 0);
 

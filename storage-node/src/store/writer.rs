@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use common::blob_digest::{self, BlobDigest, DigestKind, WindowHasher};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -59,8 +60,9 @@ pub struct StagedBlob {
 }
 
 impl BlobWriter {
-    /// Creates `path` (which must not exist) and starts its writer thread with a `buf_size` write buffer.
-    pub fn create(path: PathBuf, buf_size: usize) -> io::Result<Self> {
+    /// Creates `path` (which must not exist) and starts its writer thread with a `buf_size` write buffer;
+    /// `kind` chooses the format (see [`super::format`]).
+    pub fn create(path: PathBuf, buf_size: usize, kind: DigestKind) -> io::Result<Self> {
         let file = File::options().write(true).create_new(true).open(&path)?;
         let guard = RemoveOnDrop(Some(path));
         let (tx, rx) = mpsc::channel::<Bytes>(WRITE_QUEUE_DEPTH);
@@ -72,8 +74,8 @@ impl BlobWriter {
             let mut out = BufWriter::with_capacity(buf_size, file);
             // Placeholder: the checksum is not known yet (a small write into the buffer, no syscall).
             out.write_all(&[0u8; HEADER_LEN as usize])?;
-            let start = (out, Sha256::new(), 0u64);
-            let (out, hasher, len) =
+            let start = (out, Hashing::new(kind), 0u64);
+            let (mut out, hasher, len) =
                 common::durable::drain_to(start, rx, |(out, hasher, len), chunk| {
                     hasher.update(chunk);
                     out.write_all(chunk)?;
@@ -85,11 +87,16 @@ impl BlobWriter {
                 return Err(io::Error::other("blob write abandoned"));
             }
             tokio::task::spawn_blocking(move || {
-                let mut file = out.into_inner().map_err(|e| e.into_error())?;
-                let header = Header {
-                    sha256: hasher.finalize().into(),
-                    len,
+                let digest = match hasher {
+                    Hashing::Plain(h) => BlobDigest::Sha256(h.finalize().into()),
+                    Hashing::Windows(h) => {
+                        let (digest, table) = h.finish();
+                        out.write_all(&blob_digest::encode_table(&table))?;
+                        digest
+                    }
                 };
+                let mut file = out.into_inner().map_err(|e| e.into_error())?;
+                let header = Header { digest, len };
                 file.seek(SeekFrom::Start(0))?;
                 file.write_all(&header.encode())?;
                 file.sync_all()?;
@@ -137,6 +144,28 @@ impl BlobWriter {
         let header = self.join().await?;
         let guard = RemoveOnDrop(self.guard.0.take());
         Ok(StagedBlob { guard, header })
+    }
+}
+
+/// The digest being computed as the payload streams through.
+enum Hashing {
+    Plain(Sha256),
+    Windows(WindowHasher),
+}
+
+impl Hashing {
+    fn new(kind: DigestKind) -> Self {
+        match kind {
+            DigestKind::Sha256 => Self::Plain(Sha256::new()),
+            DigestKind::Windowed => Self::Windows(WindowHasher::new()),
+        }
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        match self {
+            Self::Plain(h) => h.update(data),
+            Self::Windows(h) => h.update(data),
+        }
     }
 }
 
@@ -197,14 +226,14 @@ mod tests {
     async fn writes_header_and_payload() {
         let dir = tempfile::tempdir().expect("tempdir");
         let staging = dir.path().join("s1");
-        let mut w = BlobWriter::create(staging.clone(), 4096).expect("create");
+        let mut w = BlobWriter::create(staging.clone(), 4096, DigestKind::Sha256).expect("create");
         w.write(Bytes::from_static(b"hello ")).await.expect("write");
         w.write(Bytes::from_static(b"world")).await.expect("write");
         let staged = w.finish().await.expect("finish");
         assert_eq!(staged.header.len, 11);
         assert_eq!(
-            staged.header.sha256,
-            <[u8; 32]>::from(Sha256::digest(b"hello world"))
+            staged.header.digest,
+            BlobDigest::Sha256(Sha256::digest(b"hello world").into())
         );
         assert_eq!(staged.path(), staging.as_path());
         let dest = dir.path().join("blobs").join("id").join("f");
@@ -225,7 +254,8 @@ mod tests {
     async fn abandoned_writes_leave_nothing() {
         let dir = tempfile::tempdir().expect("tempdir");
         let staging = dir.path().join("s2");
-        let mut w = BlobWriter::create(staging.clone(), 4096).expect("create");
+        let mut w =
+            BlobWriter::create(staging.clone(), 4096, DigestKind::Windowed).expect("create");
         w.write(Bytes::from_static(b"partial"))
             .await
             .expect("write");
@@ -233,7 +263,7 @@ mod tests {
         assert!(!staging.exists(), "an abandoned writer removes its file");
 
         let staging = dir.path().join("s3");
-        let w = BlobWriter::create(staging.clone(), 4096).expect("create");
+        let w = BlobWriter::create(staging.clone(), 4096, DigestKind::Windowed).expect("create");
         let staged = w.finish().await.expect("finish");
         assert_eq!(staged.header.len, 0);
         drop(staged);

@@ -174,3 +174,101 @@ async fn restart_keeps_blobs_and_cleans_staging() {
         .unwrap();
     assert_eq!(v["blobs"].as_array().unwrap().len(), blobs.len());
 }
+
+/// Blobs written with a windowed digest (what the ring writes): the node keeps the window table beside the
+/// payload, sends it on `?windows=1`, serves the payload without hashing it (the reader checks every
+/// window against the table it checked against its record), and finds damage in the scrub.
+#[tokio::test]
+async fn windowed_blobs_keep_their_table_and_are_served_without_hashing() {
+    use common::blob_digest::{self, BlobDigest, DigestKind, WindowHasher, WINDOW};
+
+    let node = Node::start();
+    let http = client();
+    let data = payload(3 * WINDOW + 999, 9);
+    let mut hasher = WindowHasher::new();
+    hasher.update(&data);
+    let (digest, table) = hasher.finish();
+
+    // A wrong windowed digest stores nothing.
+    let wrong = BlobDigest::compute(DigestKind::Windowed, &data[1..]);
+    let r = http
+        .put(node.blob_url("v/seg.m4s"))
+        .header("x-content-sha256", wrong.to_string())
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(!node.blob_path("v/seg.m4s").exists());
+
+    let r = http
+        .put(node.blob_url("v/seg.m4s"))
+        .header("x-content-sha256", digest.to_string())
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let info: Value = r.json().await.unwrap();
+    assert_eq!(info["sha256"], digest.to_string());
+
+    let path = node.blob_path("v/seg.m4s");
+    let file = fs::read(&path).unwrap();
+    assert_eq!(&file[..8], b"DSTBLOB2");
+    assert_eq!(&file[8..40], digest.bytes());
+    let end = HEADER_LEN as usize + data.len();
+    assert_eq!(&file[HEADER_LEN as usize..end], &data[..]);
+    assert_eq!(&file[end..], &blob_digest::encode_table(&table)[..]);
+
+    let r = http
+        .get(format!("{}?windows=1", node.blob_url("v/seg.m4s")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["x-blob-length"], data.len().to_string());
+    assert_eq!(r.headers()["x-content-sha256"], digest.to_string().as_str());
+    let got = r.bytes().await.unwrap();
+    assert_eq!(
+        blob_digest::check_table(&digest, data.len() as u64, &got),
+        Ok(table.clone())
+    );
+
+    // Damage on disk: served as it is (no hashing on GET; the reader's window check catches it), found
+    // by the scrub.
+    let mut f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.seek(SeekFrom::Start(HEADER_LEN + 70_000)).unwrap();
+    f.write_all(&[data[70_000] ^ 0xff]).unwrap();
+    drop(f);
+    let r = http
+        .get(node.blob_url("v/seg.m4s"))
+        .header("range", "bytes=65536-131071")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    let window = r.bytes().await.unwrap();
+    assert_ne!(blob_digest::window_digest(&window), table[1]);
+    let listed: Value = http
+        .get(node.url("/v1/blobs?prefix=v/&verify=1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["blobs"], serde_json::json!([]), "{listed}");
+
+    // A plain blob has no table.
+    http.put(node.blob_url("v/plain"))
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    let r = http
+        .get(format!("{}?windows=1", node.blob_url("v/plain")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+}

@@ -1,0 +1,303 @@
+//! Streamed, verified reads (issue 11): a read sends its first bytes before a node has sent its last, each
+//! window is checked before it is sent, and a read finishes from the replicas that hold each window intact
+//! even when every replica has a damaged window somewhere.
+//!
+//! Real storage nodes and a broadcaster (SQLite metadata, the `ring` target) on loopback; between the
+//! broadcaster and each node runs a streaming proxy of the test's own that can hold back the end of every
+//! blob it serves, or flip one byte at a chosen offset of every blob payload it serves.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use bytes::Bytes;
+use futures_util::StreamExt;
+
+use crate::data::gen_bytes;
+use crate::harness::{client, scratch_dir, Broadcaster};
+use crate::ring::{ring_env, start_broadcaster, upload, Node};
+
+/// Chunk size of raw uploads here: 16 windows of 64 KiB per chunk.
+const CHUNK: usize = 1 << 20;
+
+/// What a proxy does to the blob payloads it relays (window tables and everything else pass untouched).
+#[derive(Clone)]
+enum Meddling {
+    /// Sends all but the last 64 KiB of every payload, then waits for the gate to open.
+    HoldTail(Arc<tokio::sync::Semaphore>),
+    /// Flips the byte at this offset of the blob, when a reply covers it.
+    FlipAt(u64),
+}
+
+#[derive(Clone)]
+struct Proxy {
+    upstream: SocketAddr,
+    meddling: Meddling,
+    http: reqwest::Client,
+    meddled: Arc<AtomicUsize>,
+}
+
+/// Relays one request to the node, streaming the reply back.
+async fn relay(State(p): State<Proxy>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|pq| pq.as_str().to_owned())
+        .unwrap_or_default();
+    let body = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
+    let mut out = p
+        .http
+        .request(parts.method.clone(), format!("http://{}{pq}", p.upstream));
+    for (k, v) in &parts.headers {
+        if ![header::HOST, header::CONTENT_LENGTH, header::CONNECTION].contains(k) {
+            out = out.header(k, v);
+        }
+    }
+    let resp = match out.body(body).send().await {
+        Ok(r) => r,
+        Err(e) => return (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+    };
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let payload = parts.method == axum::http::Method::GET
+        && pq.starts_with("/v1/blobs/")
+        && !pq.contains('?')
+        && status.is_success();
+    // Where the reply starts in the blob, from `Content-Range: bytes A-B/N`.
+    let first = headers
+        .get(header::CONTENT_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("bytes "))
+        .and_then(|v| v.split('-').next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    let total = resp.content_length().unwrap_or(0);
+    let mut upstream = resp.bytes_stream();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    let meddled = p.meddled.clone();
+    tokio::spawn(async move {
+        let mut at = 0u64;
+        let mut held_back = false;
+        while let Some(piece) = upstream.next().await {
+            let Ok(piece) = piece else { return };
+            let mut piece = piece.to_vec();
+            if payload {
+                match &p.meddling {
+                    Meddling::FlipAt(offset) => {
+                        let (a, b) = (first + at, first + at + piece.len() as u64);
+                        if (a..b).contains(offset) {
+                            piece[(offset - a) as usize] ^= 0x5a;
+                            meddled.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                    Meddling::HoldTail(gate) => {
+                        let tail_from = total.saturating_sub(64 * 1024);
+                        if !held_back && at + piece.len() as u64 > tail_from {
+                            // Send what comes before the tail, then wait.
+                            let keep = (tail_from.saturating_sub(at)) as usize;
+                            let rest = piece.split_off(keep);
+                            at += piece.len() as u64;
+                            meddled.fetch_add(1, Ordering::SeqCst);
+                            held_back = true;
+                            if tx.send(Ok(Bytes::from(piece))).await.is_err() {
+                                return;
+                            }
+                            let Ok(permit) = gate.acquire().await else {
+                                return;
+                            };
+                            permit.forget();
+                            piece = rest;
+                        }
+                    }
+                }
+            }
+            at += piece.len() as u64;
+            if tx.send(Ok(Bytes::from(piece))).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut answer = Response::new(Body::from_stream(tokio_stream_from(rx)));
+    *answer.status_mut() = status;
+    for (k, v) in &headers {
+        if k != header::TRANSFER_ENCODING && k != header::CONNECTION {
+            answer.headers_mut().insert(k.clone(), v.clone());
+        }
+    }
+    answer
+}
+
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// A proxy in front of `node`, stopped when dropped.
+struct Relay {
+    addr: SocketAddr,
+    meddled: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(node: &Node, meddling: Meddling) -> Relay {
+        let upstream = node.proc.as_ref().expect("running").addr;
+        let meddled = Arc::new(AtomicUsize::new(0));
+        let state = Proxy {
+            upstream,
+            meddling,
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("proxy client"),
+            meddled: meddled.clone(),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let app = Router::new().fallback(relay).with_state(state);
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Relay {
+            addr,
+            meddled,
+            task,
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A broadcaster whose ring members are the proxies (R of them hold every blob).
+fn broadcaster_behind(
+    dir: &std::path::Path,
+    nodes: &[&Node],
+    relays: &[&Relay],
+    r: usize,
+) -> Broadcaster {
+    let mut env = ring_env(&dir.join("meta.db"), nodes, r);
+    for (k, v) in env.iter_mut() {
+        if k == "BROADCASTER_STORAGE_NODES" {
+            *v = relays
+                .iter()
+                .map(|p| p.addr.to_string())
+                .collect::<Vec<_>>()
+                .join(";");
+        }
+        if k == "BROADCASTER_RING_CHUNK_SIZE" {
+            *v = CHUNK.to_string();
+        }
+    }
+    start_broadcaster(&env)
+}
+
+async fn metric(b: &Broadcaster, name: &str) -> f64 {
+    let text = client()
+        .get(b.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_sends_its_first_bytes_before_the_node_has_sent_its_last() {
+    let dir = scratch_dir("reads-");
+    let node = Node::start(&dir.path().join("n0"), 0);
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let relay = Relay::start(&node, Meddling::HoldTail(gate.clone())).await;
+    let bc = broadcaster_behind(dir.path(), &[&node], &[&relay], 1);
+    let data = gen_bytes(11, CHUNK);
+    upload(&bc, "held.bin", &data).await;
+
+    let resp = client()
+        .get(bc.url("/files/held.bin"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.bytes_stream();
+    // The node has sent everything but the blob's last 64 KiB and waits: a read that buffers whole blobs
+    // sends nothing until the gate opens.
+    let first = tokio::time::timeout(Duration::from_secs(10), body.next()).await;
+    gate.add_permits(1000);
+    let first = first
+        .expect("no byte reached the client while the node held back the end of the blob")
+        .expect("a first piece")
+        .expect("a first piece without error");
+    let mut got = first.to_vec();
+    while let Some(piece) = body.next().await {
+        got.extend_from_slice(&piece.expect("the rest of the body"));
+    }
+    assert!(got == data, "the streamed file differs from the upload");
+    assert!(
+        relay.meddled.load(Ordering::SeqCst) >= 1,
+        "the proxy never held back the end of a blob"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_takes_each_window_from_a_replica_that_has_it_intact() {
+    let dir = scratch_dir("reads-");
+    let nodes: Vec<Node> = (0..2)
+        .map(|i| Node::start(&dir.path().join(format!("n{i}")), 0))
+        .collect();
+    // Both replicas are damaged, in different windows: no replica holds the whole blob intact, yet every
+    // window is intact on one of them.
+    let a = Relay::start(&nodes[0], Meddling::FlipAt(3 * 65536 + 100)).await;
+    let b = Relay::start(&nodes[1], Meddling::FlipAt(9 * 65536 + 7)).await;
+    let bc = broadcaster_behind(dir.path(), &[&nodes[0], &nodes[1]], &[&a, &b], 2);
+    let data = gen_bytes(12, CHUNK + 5000);
+    upload(&bc, "damaged.bin", &data).await;
+
+    let resp = client()
+        .get(bc.url("/files/damaged.bin"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(resp.status(), 200);
+    let got = resp.bytes().await.expect("the whole body");
+    assert!(got[..] == data[..], "the file read back differs");
+
+    // Ranges inside one window, across the damaged windows, and across the chunk boundary.
+    for (from, to) in [
+        (3 * 65536 + 50, 3 * 65536 + 150),
+        (100_000, 700_000),
+        (CHUNK - 10, CHUNK + 10),
+    ] {
+        let resp = client()
+            .get(bc.url("/files/damaged.bin"))
+            .header("Range", format!("bytes={from}-{to}"))
+            .send()
+            .await
+            .expect("range GET");
+        assert_eq!(resp.status(), 206);
+        let got = resp.bytes().await.expect("range body");
+        assert!(got[..] == data[from..=to], "bytes {from}-{to} differ");
+    }
+    assert!(a.meddled.load(Ordering::SeqCst) + b.meddled.load(Ordering::SeqCst) >= 1);
+    assert!(metric(&bc, "distributary_ring_read_corrupt_total").await >= 1.0);
+}
