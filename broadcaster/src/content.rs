@@ -61,25 +61,36 @@ pub async fn get_content(
             .into_response()
     };
     // Only files a committed upload recorded are served, each checked against the digest recorded then:
-    // a storage node cannot alter or add what viewers receive.
-    let video = match engine.cluster().meta().get_video(&key.id).await {
-        Ok(Some(v)) if v.status != meta::VideoRecord::FAILED => v,
-        Ok(_) => return missing(),
-        Err(e) => return crate::error::BroadcastError::from(RingError::from(e)).into_response(),
-    };
-    let expected = match video.digests.get(&key.file) {
-        Some(sha) => Some(sha.clone()),
-        // Records written before digests existed.
-        None if video.digests.is_empty() && video.files.contains(&key.file) => None,
-        None => return missing(),
-    };
-    // A windowed digest costs one small table read here (often none: checked tables are cached); the
-    // payload then streams window by window, each checked before it is sent. Older records are read whole.
+    // a storage node cannot alter or add what viewers receive. The record is reused for a moment across
+    // requests (a watch page asks for hundreds of segments); a read that fails against a reused record
+    // is tried once more against a fresh one, so a video uploaded again is served at once.
     let cluster = engine.cluster().clone();
-    let opened = match cluster.open_blob(&key, expected.as_deref()).await {
-        Ok(o) => o,
-        Err(RingError::Node(NodeError::NotFound { .. })) => return missing(),
-        Err(e) => return crate::error::BroadcastError::from(e).into_response(),
+    let mut fresh = false;
+    let (expected, opened) = loop {
+        let video = match cluster.video_for_reading(&key.id, fresh).await {
+            Ok(Some(v)) if v.status != meta::VideoRecord::FAILED => v,
+            Ok(_) => return missing(),
+            Err(e) => return crate::error::BroadcastError::from(e).into_response(),
+        };
+        let expected = match video.digests.get(&key.file) {
+            Some(sha) => Some(sha.clone()),
+            // Records written before digests existed.
+            None if video.digests.is_empty() && video.files.contains(&key.file) => None,
+            None if fresh => return missing(),
+            None => {
+                fresh = true;
+                continue;
+            }
+        };
+        // A windowed digest costs one small table read here (often none: checked tables are cached);
+        // the payload then streams window by window, each checked before it is sent. Older records are
+        // read whole.
+        match cluster.open_blob(&key, expected.as_deref()).await {
+            Ok(o) => break (expected, o),
+            Err(_) if !fresh => fresh = true,
+            Err(RingError::Node(NodeError::NotFound { .. })) => return missing(),
+            Err(e) => return crate::error::BroadcastError::from(e).into_response(),
+        }
     };
     let etag = match (&expected, &opened) {
         (Some(sha), _) => format!("\"{sha}\""),

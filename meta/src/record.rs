@@ -59,8 +59,9 @@ pub struct VideoRecord {
     /// Why processing failed, when it did.
     #[serde(default)]
     pub error: Option<String>,
-    /// SHA-256 (hex) of every file in `files`, recorded when the upload committed; every read from the
-    /// ring is checked against it, so no storage node can alter what a viewer receives.
+    /// The digest of every file in `files` (see `common::blob_digest`: windowed since issue 11, a plain
+    /// SHA-256 before), recorded when the upload committed; every read from the ring is checked against
+    /// it, so no storage node can alter what a viewer receives.
     #[serde(default)]
     pub digests: BTreeMap<String, String>,
 }
@@ -92,7 +93,8 @@ pub struct FileRecord {
     pub upload_id: String,
     /// Creation time, milliseconds since the Unix epoch.
     pub created_unix_ms: u64,
-    /// SHA-256 (hex) of each chunk, recorded at commit; every chunk read back is checked against it.
+    /// The digest of each chunk (see `common::blob_digest`), recorded at commit; every chunk read back is
+    /// checked against it.
     #[serde(default)]
     pub chunk_sha256: Vec<String>,
 }

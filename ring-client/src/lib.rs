@@ -138,6 +138,8 @@ pub struct Cluster {
     progress: Mutex<Option<migrate::Progress>>,
     /// Window tables checked lately (see [`read`]).
     tables: read::TableCache,
+    /// Video records read lately for serving (see [`read`]).
+    records: read::RecordCache,
 }
 
 /// Settings of the ring from the broadcaster's configuration.
@@ -221,6 +223,7 @@ impl Cluster {
             holder: format!("{}-{}", std::process::id(), &common::cluster::nonce()[..12]),
             progress: Mutex::new(None),
             tables: read::TableCache::default(),
+            records: read::RecordCache::default(),
         });
         let mut record = cluster.meta.get_layout().await?;
         if record.is_none() && !settings.initial_nodes.is_empty() {

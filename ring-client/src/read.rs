@@ -10,17 +10,91 @@
 //! A blob recorded with a plain SHA-256 (written before windows) is read whole and checked, as before.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use common::blob_digest::{self, BlobDigest, WindowDigest, WINDOW};
 use futures_util::{FutureExt, Stream, StreamExt};
+use meta::VideoRecord;
 
 use super::nodes::{BlobKey, NodeError};
 use super::{count_read, Cluster, RingError};
 
 /// Bytes of window tables the cache keeps (a 4 MiB segment's table is 2 KiB).
 const TABLE_CACHE_BYTES: usize = 4 << 20;
+
+/// How long a video record read for serving its files is reused.
+const RECORD_TTL: Duration = Duration::from_secs(1);
+
+/// Approximate bytes of video records the cache keeps.
+const RECORD_CACHE_BYTES: usize = 8 << 20;
+
+/// Video records read lately for serving, so that a page asking for hundreds of segments does not read and
+/// parse the record (hundreds of digests) once per segment.
+#[derive(Debug, Default)]
+pub(crate) struct RecordCache {
+    inner: Mutex<RecordInner>,
+}
+
+struct RecordInner {
+    videos: hashlink::LruCache<String, (Instant, Arc<VideoRecord>, usize)>,
+    bytes: usize,
+}
+
+impl Default for RecordInner {
+    fn default() -> Self {
+        Self {
+            videos: hashlink::LruCache::new_unbounded(),
+            bytes: 0,
+        }
+    }
+}
+
+impl std::fmt::Debug for RecordInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordInner")
+            .field("videos", &self.videos.len())
+            .field("bytes", &self.bytes)
+            .finish()
+    }
+}
+
+impl RecordCache {
+    fn get(&self, id: &str) -> Option<Arc<VideoRecord>> {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        match inner.videos.get(id) {
+            Some((at, v, _)) if at.elapsed() < RECORD_TTL => Some(v.clone()),
+            _ => None,
+        }
+    }
+
+    fn insert(&self, record: Arc<VideoRecord>) {
+        let size = 256
+            + record.files.len() * 32
+            + record
+                .digests
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 48)
+                .sum::<usize>();
+        if size > RECORD_CACHE_BYTES / 8 {
+            return;
+        }
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, _, old)) = inner
+            .videos
+            .insert(record.id.clone(), (Instant::now(), record, size))
+        {
+            inner.bytes -= old;
+        }
+        inner.bytes += size;
+        while inner.bytes > RECORD_CACHE_BYTES {
+            match inner.videos.remove_lru() {
+                Some((_, (_, _, n))) => inner.bytes -= n,
+                None => break,
+            }
+        }
+    }
+}
 
 /// How long a streamed range request to a node may stay open, body included. A slow viewer keeps it open
 /// while it drains; when it runs out, the read reopens the range from the window it stopped at.
@@ -118,6 +192,26 @@ impl Opened {
 pub type BlobStream = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, RingError>> + Send>>;
 
 impl Cluster {
+    /// Video `id`'s record for serving its files: one read at most [`RECORD_TTL`] ago, or (with `fresh`,
+    /// or none that recent) one read now. A missing record is not remembered.
+    pub async fn video_for_reading(
+        &self,
+        id: &str,
+        fresh: bool,
+    ) -> Result<Option<Arc<VideoRecord>>, RingError> {
+        if !fresh {
+            if let Some(v) = self.records.get(id) {
+                return Ok(Some(v));
+            }
+        }
+        let Some(record) = self.meta.get_video(id).await? else {
+            return Ok(None);
+        };
+        let record = Arc::new(record);
+        self.records.insert(record.clone());
+        Ok(Some(record))
+    }
+
     /// Prepares to read `key`, recorded with digest `expected`: for a windowed digest, fetches and checks
     /// its window table (no payload byte is read); otherwise reads and checks the whole blob.
     pub async fn open_blob(
