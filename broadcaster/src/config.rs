@@ -86,6 +86,8 @@ pub struct Config {
     pub vnodes: u32,
     /// Chunk size of raw uploads stored on the ring.
     pub ring_chunk_size: usize,
+    /// Byte budget of the cache of checked windows that reads share (0: none).
+    pub read_cache_bytes: usize,
     /// Per-request timeout to storage nodes.
     pub node_timeout: Duration,
     /// Web assets directory (dash.js under `node_modules/`).
@@ -142,6 +144,7 @@ pub const VARS: &[&str] = &[
     "BROADCASTER_REPLICATION",
     "BROADCASTER_VNODES",
     "BROADCASTER_RING_CHUNK_SIZE",
+    "BROADCASTER_READ_CACHE_BYTES",
     "BROADCASTER_NODE_TIMEOUT_MS",
     "BROADCASTER_WEB_DIR",
     "BROADCASTER_GC_INTERVAL_SECS",
@@ -181,6 +184,7 @@ struct RawConfig {
     replication: Option<String>,
     vnodes: Option<String>,
     ring_chunk_size: Option<String>,
+    read_cache_bytes: Option<String>,
     node_timeout_ms: Option<String>,
     web_dir: Option<String>,
     gc_interval_secs: Option<String>,
@@ -477,6 +481,13 @@ impl TryFrom<RawConfig> for Config {
                 DEFAULT_RING_CHUNK_SIZE,
                 4096,
                 64 << 20,
+            )?,
+            read_cache_bytes: env::number(
+                "BROADCASTER_READ_CACHE_BYTES",
+                raw.read_cache_bytes.as_deref(),
+                crate::ring::read::DEFAULT_WINDOW_CACHE_BYTES,
+                0,
+                16 << 30,
             )?,
             node_timeout: millis(
                 "BROADCASTER_NODE_TIMEOUT_MS",

@@ -85,6 +85,7 @@ pub async fn run(
         lease_ttl: config.lease_ttl,
     };
     let cluster = ring::Cluster::open(store, &settings).await?;
+    cluster.set_window_cache_bytes(config.read_cache_bytes);
     cluster.spawn_refresh(shutdown.clone());
     let workers = tokio_util::task::TaskTracker::new();
     housekeeping::spawn(cluster.clone(), &config, shutdown.clone(), &workers);

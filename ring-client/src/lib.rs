@@ -140,6 +140,10 @@ pub struct Cluster {
     tables: read::TableCache,
     /// Video records read lately for serving (see [`read`]).
     records: read::RecordCache,
+    /// Windows checked lately (see [`read`]).
+    windows: read::WindowCache,
+    /// Window fetches under way (see [`read`]).
+    fetches: tokio::sync::Semaphore,
 }
 
 /// Settings of the ring from the broadcaster's configuration.
@@ -224,6 +228,8 @@ impl Cluster {
             progress: Mutex::new(None),
             tables: read::TableCache::default(),
             records: read::RecordCache::default(),
+            windows: read::WindowCache::default(),
+            fetches: tokio::sync::Semaphore::new(read::FETCHES_AT_ONCE),
         });
         let mut record = cluster.meta.get_layout().await?;
         if record.is_none() && !settings.initial_nodes.is_empty() {

@@ -188,10 +188,9 @@ impl NodeClient {
             .tcp_nodelay(true)
             .http1_only()
             .redirect(reqwest::redirect::Policy::none())
-            // Every streamed read holds a node connection while its viewer drains it: with hundreds of
-            // viewers, a small idle pool would close most of them after each segment and open new ones
-            // (a handshake, and a TIME_WAIT socket, per request).
-            .pool_max_idle_per_host(512)
+            // Above the window fetches a process runs at once (read.rs), so reads never close and reopen
+            // connections (a handshake, and a TIME_WAIT socket, per request).
+            .pool_max_idle_per_host(64)
             // Below the storage nodes' keep-alive timeout: the pool drops a connection before the node does.
             .pool_idle_timeout(Duration::from_secs(30));
         let http = common::tls::trust(builder, common::tls::client_ca().as_ref()).build()?;

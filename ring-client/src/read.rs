@@ -2,19 +2,25 @@
 //!
 //! A blob recorded with a windowed digest (see [`common::blob_digest`]) is read in two steps. Its window
 //! table is fetched from a replica and checked against the recorded digest (then kept in a small cache:
-//! a table checked once is good on every replica). The payload then streams from a replica with a `Range`
-//! request, one [`WINDOW`]-byte window at a time: each window is checked against its table entry before
-//! any of its bytes is handed on, so a damaged or lying replica is caught before a viewer sees its bytes,
-//! and the read goes on from the same window on another replica. Memory per read is about one window.
+//! a table checked once is good on every replica). The payload is then read one [`WINDOW`]-byte window at a
+//! time, each with a `Range` request of its own, and each window is checked against its table entry before
+//! any of its bytes is handed on: a damaged or lying replica is caught before a viewer sees its bytes, and
+//! that window is read again from another replica.
+//!
+//! Memory does not grow with the number of viewers: at most [`FETCHES_AT_ONCE`] windows are being fetched
+//! in the process, and a checked window goes into a cache shared by every read (a byte budget, least
+//! recently used out), so viewers of the same video share one copy of each window and popular content is
+//! served without a node round trip or a hash. A viewer holds at most the window being written to it.
 //!
 //! A blob recorded with a plain SHA-256 (written before windows) is read whole and checked, as before.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use common::blob_digest::{self, BlobDigest, WindowDigest, WINDOW};
-use futures_util::{FutureExt, Stream, StreamExt};
+use futures_util::{Stream, StreamExt};
 use meta::VideoRecord;
 
 use super::nodes::{BlobKey, NodeError};
@@ -22,6 +28,75 @@ use super::{count_read, Cluster, RingError};
 
 /// Bytes of window tables the cache keeps (a 4 MiB segment's table is 2 KiB).
 const TABLE_CACHE_BYTES: usize = 4 << 20;
+
+/// Bytes of checked windows kept by default (see [`WindowCache`]).
+pub const DEFAULT_WINDOW_CACHE_BYTES: usize = 32 << 20;
+
+/// Windows checked lately, shared by every read: a window that matched its table entry is good for as long
+/// as the digest it belongs to, so the popular part of a site (the videos being watched) is served from
+/// memory, without a node round trip or a hash, and every reader of it shares one copy instead of holding
+/// its own. Least recently used first out, within a byte budget.
+#[derive(Debug)]
+pub(crate) struct WindowCache {
+    budget: AtomicUsize,
+    inner: Mutex<WindowInner>,
+}
+
+struct WindowInner {
+    windows: hashlink::LruCache<(BlobDigest, u64), Bytes>,
+    bytes: usize,
+}
+
+impl std::fmt::Debug for WindowInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WindowInner")
+            .field("windows", &self.windows.len())
+            .field("bytes", &self.bytes)
+            .finish()
+    }
+}
+
+impl Default for WindowCache {
+    fn default() -> Self {
+        Self {
+            budget: AtomicUsize::new(DEFAULT_WINDOW_CACHE_BYTES),
+            inner: Mutex::new(WindowInner {
+                windows: hashlink::LruCache::new_unbounded(),
+                bytes: 0,
+            }),
+        }
+    }
+}
+
+impl WindowCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, WindowInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn get(&self, digest: &BlobDigest, index: u64) -> Option<Bytes> {
+        self.lock().windows.get(&(*digest, index)).cloned()
+    }
+
+    /// Keeps a checked window (a buffer of its own: nothing else is pinned by it).
+    fn insert(&self, digest: &BlobDigest, index: u64, window: Bytes) {
+        let budget = self.budget.load(Ordering::Relaxed);
+        if window.len() > budget {
+            return;
+        }
+        let mut inner = self.lock();
+        let n = window.len();
+        if let Some(old) = inner.windows.insert((*digest, index), window) {
+            inner.bytes -= old.len();
+        }
+        inner.bytes += n;
+        while inner.bytes > budget {
+            match inner.windows.remove_lru() {
+                Some((_, old)) => inner.bytes -= old.len(),
+                None => break,
+            }
+        }
+    }
+}
 
 /// How long a video record read for serving its files is reused.
 const RECORD_TTL: Duration = Duration::from_secs(1);
@@ -96,9 +171,11 @@ impl RecordCache {
     }
 }
 
-/// How long a streamed range request to a node may stay open, body included. A slow viewer keeps it open
-/// while it drains; when it runs out, the read reopens the range from the window it stopped at.
-const RANGE_REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long one window's range request may take, body included.
+const RANGE_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Window fetches from nodes under way at once in a process (see [`WindowReader::fetch_window`]).
+pub const FETCHES_AT_ONCE: usize = 32;
 
 /// Tries without a window going out before a read gives up, per candidate replica.
 const ATTEMPTS_PER_CANDIDATE: usize = 2;
@@ -106,6 +183,7 @@ const ATTEMPTS_PER_CANDIDATE: usize = 2;
 /// A window table checked against the digest recorded for its blob.
 #[derive(Debug)]
 pub struct CheckedTable {
+    digest: BlobDigest,
     len: u64,
     windows: Vec<WindowDigest>,
 }
@@ -192,6 +270,12 @@ impl Opened {
 pub type BlobStream = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, RingError>> + Send>>;
 
 impl Cluster {
+    /// Sets the byte budget of the cache of checked windows (0 turns it off); what is kept beyond it is
+    /// dropped as windows come and go.
+    pub fn set_window_cache_bytes(&self, bytes: usize) {
+        self.windows.budget.store(bytes, Ordering::Relaxed);
+    }
+
     /// Video `id`'s record for serving its files: one read at most [`RECORD_TTL`] ago, or (with `fresh`,
     /// or none that recent) one read now. A missing record is not remembered.
     pub async fn video_for_reading(
@@ -238,6 +322,7 @@ impl Cluster {
                     Ok(windows) => {
                         count_read(node, "ok");
                         let table = Arc::new(CheckedTable {
+                            digest: windowed,
                             len: got.len,
                             windows,
                         });
@@ -306,8 +391,6 @@ impl Cluster {
             last: end / w,
             start,
             end,
-            body: None,
-            pending: Bytes::new(),
         };
         let first = reader.next_window().await?;
         let rest = futures_util::stream::unfold(reader, |mut r| async move {
@@ -359,10 +442,6 @@ struct WindowReader {
     /// The byte range asked for, inclusive.
     start: u64,
     end: u64,
-    /// The open range response, positioned at window `next` once `pending` is used up.
-    body: Option<reqwest::Response>,
-    /// Bytes received past the last window yielded.
-    pending: Bytes,
 }
 
 impl WindowReader {
@@ -371,11 +450,17 @@ impl WindowReader {
         if self.next > self.last {
             return Ok(None);
         }
+        let index = self.next;
+        let digest = self.table.digest;
+        if let Some(window) = self.cluster.windows.get(&digest, index) {
+            self.next += 1;
+            return Ok(Some(self.trim(index, window)));
+        }
         let mut tries = self.candidates.len() * ATTEMPTS_PER_CANDIDATE;
         loop {
             let node = self.candidates[self.node].clone();
             let timeout = self.cluster.nodes.timeout();
-            let outcome = match tokio::time::timeout(timeout, self.read_window(&node)).await {
+            let outcome = match tokio::time::timeout(timeout, self.fetch_window(&node)).await {
                 Ok(r) => r,
                 Err(_) => Err(WindowError::Failed(format!(
                     "no window within {}s",
@@ -384,91 +469,86 @@ impl WindowReader {
             };
             match outcome {
                 Ok(window) => {
-                    let index = self.next;
                     self.next += 1;
                     self.bad.iter_mut().for_each(|b| *b = false);
-                    if self.next > self.last {
-                        // Past the last byte the reply announced: one more look lets the client see
-                        // its end and pool the connection again.
-                        if let Some(mut body) = self.body.take() {
-                            let _ = body.chunk().now_or_never();
-                        }
-                    }
+                    self.cluster.windows.insert(&digest, index, window.clone());
                     return Ok(Some(self.trim(index, window)));
                 }
-                Err(e) => {
-                    self.body = None;
-                    self.pending = Bytes::new();
-                    match e {
-                        WindowError::Corrupt(why) => {
-                            corrupt(&node, &self.key, &why);
-                            self.bad[self.node] = true;
-                        }
-                        WindowError::Failed(why) => {
-                            count_read(&node, "error");
-                            tracing::warn!(key = %self.key, %node, why, "replica read failed; reading another");
-                        }
-                    }
-                    tries = tries.saturating_sub(1);
-                    let good = (1..=self.candidates.len())
-                        .map(|step| (self.node + step) % self.candidates.len())
-                        .find(|&i| !self.bad[i]);
-                    match good {
-                        Some(i) if tries > 0 => self.node = i,
-                        _ => return Err(RingError::NoReplica(self.key.to_string())),
-                    }
-                    if self.next > 0 {
-                        metrics::counter!("distributary_ring_read_fallbacks_total").increment(1);
-                    }
+                Err(WindowError::Corrupt(why)) => {
+                    corrupt(&node, &self.key, &why);
+                    self.bad[self.node] = true;
+                }
+                Err(WindowError::Failed(why)) => {
+                    count_read(&node, "error");
+                    tracing::warn!(key = %self.key, %node, why, "replica read failed; reading another");
                 }
             }
+            tries = tries.saturating_sub(1);
+            let good = (1..=self.candidates.len())
+                .map(|step| (self.node + step) % self.candidates.len())
+                .find(|&i| !self.bad[i]);
+            match good {
+                Some(i) if tries > 0 => self.node = i,
+                _ => return Err(RingError::NoReplica(self.key.to_string())),
+            }
+            metrics::counter!("distributary_ring_read_fallbacks_total").increment(1);
         }
     }
 
-    /// Reads window `next` from `node`, opening a range request from it if none is open, and checks it.
-    async fn read_window(&mut self, node: &str) -> Result<Bytes, WindowError> {
-        let w = WINDOW as u64;
-        let len = self.table.len;
-        if self.body.is_none() {
-            let from = self.next * w;
-            let to = ((self.last + 1) * w).min(len) - 1;
-            let resp = self
-                .cluster
-                .nodes
-                .get_range(node, &self.key, from, to, RANGE_REQUEST_TIMEOUT)
-                .await
-                .map_err(|e| WindowError::Failed(e.to_string()))?;
-            self.body = Some(resp);
-            self.pending = Bytes::new();
-            count_read(node, "ok");
+    /// Reads window `next` from `node` with a range request of its own, and checks it. One window per
+    /// request, with at most [`FETCHES_AT_ONCE`] under way in the process: memory is a window per fetch
+    /// whatever the number of viewers, and the connection goes back to the pool while a viewer drains
+    /// what it was sent.
+    async fn fetch_window(&mut self, node: &str) -> Result<Bytes, WindowError> {
+        let index = self.next;
+        let _permit = self
+            .cluster
+            .fetches
+            .acquire()
+            .await
+            .map_err(|_| WindowError::Failed("shutting down".into()))?;
+        // Another read may have fetched it while this one waited: viewers of one video ask for the same
+        // windows at about the same time.
+        if let Some(window) = self.cluster.windows.get(&self.table.digest, index) {
+            return Ok(window);
         }
-        let want = blob_digest::window_len(len, self.next);
-        let window = if self.pending.len() >= want {
-            // The whole window arrived in one piece: no copy.
-            self.pending.split_to(want)
-        } else {
-            let mut buf = BytesMut::with_capacity(want);
-            buf.extend_from_slice(&std::mem::take(&mut self.pending));
-            let body = self.body.as_mut().expect("opened above");
-            while buf.len() < want {
-                let piece = body
-                    .chunk()
-                    .await
-                    .map_err(|e| WindowError::Failed(format!("the reply broke off: {e}")))?
-                    .ok_or_else(|| WindowError::Failed("the reply ended early".into()))?;
-                let take = piece.len().min(want - buf.len());
-                buf.extend_from_slice(&piece[..take]);
-                if take < piece.len() {
-                    self.pending = piece.slice(take..);
-                }
+        let want = blob_digest::window_len(self.table.len, index);
+        let from = index * WINDOW as u64;
+        let mut resp = self
+            .cluster
+            .nodes
+            .get_range(
+                node,
+                &self.key,
+                from,
+                from + want as u64 - 1,
+                RANGE_REQUEST_TIMEOUT,
+            )
+            .await
+            .map_err(|e| WindowError::Failed(e.to_string()))?;
+        count_read(node, "ok");
+        // A buffer of the window's own: a slice of the client's read buffer would pin all of it for as
+        // long as the window waits for its viewer or stays in the cache.
+        let mut buf = BytesMut::with_capacity(want);
+        while let Some(piece) = resp
+            .chunk()
+            .await
+            .map_err(|e| WindowError::Failed(format!("the reply broke off: {e}")))?
+        {
+            if buf.len() + piece.len() > want {
+                return Err(WindowError::Failed(
+                    "the reply is longer than the range".into(),
+                ));
             }
-            buf.freeze()
-        };
-        let expected = &self.table.windows[self.next as usize];
-        if blob_digest::window_digest(&window) != *expected {
+            buf.extend_from_slice(&piece);
+        }
+        if buf.len() < want {
+            return Err(WindowError::Failed("the reply ended early".into()));
+        }
+        let window = buf.freeze();
+        if blob_digest::window_digest(&window) != self.table.windows[index as usize] {
             return Err(WindowError::Corrupt(format!(
-                "window {} does not match its table entry",
-                self.next
+                "window {index} does not match its table entry"
             )));
         }
         Ok(window)

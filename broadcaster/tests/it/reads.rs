@@ -29,7 +29,7 @@ const CHUNK: usize = 1 << 20;
 /// What a proxy does to the blob payloads it relays (window tables and everything else pass untouched).
 #[derive(Clone)]
 enum Meddling {
-    /// Sends all but the last 64 KiB of every payload, then waits for the gate to open.
+    /// Sends nothing of a blob's last 64 KiB until the gate opens.
     HoldTail(Arc<tokio::sync::Semaphore>),
     /// Flips the byte at this offset of the blob, when a reply covers it.
     FlipAt(u64),
@@ -80,7 +80,14 @@ async fn relay(State(p): State<Proxy>, req: Request) -> Response {
         .and_then(|v| v.split('-').next())
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0);
-    let total = resp.content_length().unwrap_or(0);
+    // The blob's length: after the `/` of `Content-Range`, or the whole reply.
+    let blob_len = headers
+        .get(header::CONTENT_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit('/').next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .or(resp.content_length())
+        .unwrap_or(0);
     let mut upstream = resp.bytes_stream();
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     let meddled = p.meddled.clone();
@@ -100,10 +107,10 @@ async fn relay(State(p): State<Proxy>, req: Request) -> Response {
                         }
                     }
                     Meddling::HoldTail(gate) => {
-                        let tail_from = total.saturating_sub(64 * 1024);
-                        if !held_back && at + piece.len() as u64 > tail_from {
+                        let tail_from = blob_len.saturating_sub(64 * 1024);
+                        if !held_back && first + at + piece.len() as u64 > tail_from {
                             // Send what comes before the tail, then wait.
-                            let keep = (tail_from.saturating_sub(at)) as usize;
+                            let keep = tail_from.saturating_sub(first + at) as usize;
                             let rest = piece.split_off(keep);
                             at += piece.len() as u64;
                             meddled.fetch_add(1, Ordering::SeqCst);
@@ -300,4 +307,34 @@ async fn a_read_takes_each_window_from_a_replica_that_has_it_intact() {
     }
     assert!(a.meddled.load(Ordering::SeqCst) + b.meddled.load(Ordering::SeqCst) >= 1);
     assert!(metric(&bc, "distributary_ring_read_corrupt_total").await >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_read_once_are_served_from_memory_while_the_cache_holds_them() {
+    let dir = scratch_dir("reads-");
+    let mut node = Node::start(&dir.path().join("n0"), 0);
+    let relay = Relay::start(&node, Meddling::FlipAt(u64::MAX)).await;
+    let bc = broadcaster_behind(dir.path(), &[&node], &[&relay], 1);
+    let data = gen_bytes(13, CHUNK / 2);
+    upload(&bc, "hot.bin", &data).await;
+    let read = || async {
+        let resp = client()
+            .get(bc.url("/files/hot.bin"))
+            .send()
+            .await
+            .expect("GET");
+        let status = resp.status().as_u16();
+        (status, resp.bytes().await.unwrap_or_default())
+    };
+    let (status, got) = read().await;
+    assert_eq!(status, 200);
+    assert!(got[..] == data[..]);
+    // The only node is gone: every window comes from the cache, checked when it was first read.
+    node.proc = None;
+    let (status, got) = read().await;
+    assert_eq!(status, 200, "a read of cached windows needs no node");
+    assert!(
+        got[..] == data[..],
+        "the cached file differs from the upload"
+    );
 }
