@@ -113,9 +113,11 @@ impl Header {
         }
     }
 
-    /// The whole file's size.
-    fn file_len(&self) -> u64 {
-        HEADER_LEN + self.len + self.table_len()
+    /// The whole file's size; `None` for a length no file can have (a hostile or damaged header).
+    fn file_len(&self) -> Option<u64> {
+        HEADER_LEN
+            .checked_add(self.len)?
+            .checked_add(self.table_len())
     }
 }
 
@@ -132,7 +134,7 @@ pub fn read_header(file: &mut File) -> io::Result<Result<Header, FormatError>> {
         Ok(h) => h,
         Err(e) => return Ok(Err(e)),
     };
-    if header.file_len() != size {
+    if header.file_len() != Some(size) {
         return Ok(Err(FormatError::LengthMismatch {
             header: header.len,
             actual: size.saturating_sub(HEADER_LEN + header.table_len()),
@@ -315,6 +317,25 @@ mod tests {
             read_header(&mut f2).expect("io"),
             Err(FormatError::LengthMismatch { .. })
         ));
+    }
+
+    #[test]
+    fn a_header_claiming_an_impossible_length_is_refused() {
+        // Found by the blob_format fuzz target: the size check overflowed.
+        for digest in [BlobDigest::Sha256([1; 32]), BlobDigest::Windowed([1; 32])] {
+            let mut f = tempfile::tempfile().expect("tempfile");
+            let h = Header {
+                digest,
+                len: u64::MAX - 20,
+            };
+            f.write_all(&h.encode()).expect("write");
+            f.write_all(b"payload").expect("write");
+            f.rewind().expect("rewind");
+            assert!(matches!(
+                read_header(&mut f).expect("io"),
+                Err(FormatError::LengthMismatch { .. })
+            ));
+        }
     }
 
     #[test]
