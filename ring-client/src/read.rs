@@ -2,15 +2,16 @@
 //!
 //! A blob recorded with a windowed digest (see [`common::blob_digest`]) is read in two steps. Its window
 //! table is fetched from a replica and checked against the recorded digest (then kept in a small cache:
-//! a table checked once is good on every replica). The payload is then read one [`WINDOW`]-byte window at a
-//! time, each with a `Range` request of its own, and each window is checked against its table entry before
-//! any of its bytes is handed on: a damaged or lying replica is caught before a viewer sees its bytes, and
-//! that window is read again from another replica.
+//! a table checked once is good on every replica). The payload is then read in [`WINDOW`]-byte windows, a
+//! few per `Range` request, and each window is checked against its table entry before any of its bytes is
+//! handed on: a damaged or lying replica is caught before a viewer sees its bytes, and that window is read
+//! again from another replica.
 //!
-//! Memory does not grow with the number of viewers: at most [`FETCHES_AT_ONCE`] windows are being fetched
-//! in the process, and a checked window goes into a cache shared by every read (a byte budget, least
-//! recently used out), so viewers of the same video share one copy of each window and popular content is
-//! served without a node round trip or a hash. A viewer holds at most the window being written to it.
+//! Memory does not grow with the number of viewers: at most [`FETCHES_AT_ONCE`] fetches (of at most 4
+//! windows each) are under way in the process, and a checked window goes into a cache shared by every read
+//! (a byte budget, least recently used out), so viewers of the same video share one copy of each window and
+//! popular content is served without a node round trip or a hash. A viewer holds at most the windows of
+//! one fetch.
 //!
 //! A blob recorded with a plain SHA-256 (written before windows) is read whole and checked, as before.
 
@@ -174,8 +175,12 @@ impl RecordCache {
 /// How long one window's range request may take, body included.
 const RANGE_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Window fetches from nodes under way at once in a process (see [`WindowReader::fetch_window`]).
+/// Window fetches from nodes under way at once in a process (see [`WindowReader::fetch_windows`]).
 pub const FETCHES_AT_ONCE: usize = 32;
+
+/// Windows one fetch asks a node for: a 256 KiB range, so a typical segment is one or a few round trips
+/// while a viewer holds at most this much beyond what the cache shares.
+const WINDOWS_PER_FETCH: u64 = 4;
 
 /// Tries without a window going out before a read gives up, per candidate replica.
 const ATTEMPTS_PER_CANDIDATE: usize = 2;
@@ -391,6 +396,7 @@ impl Cluster {
             last: end / w,
             start,
             end,
+            ready: std::collections::VecDeque::new(),
         };
         let first = reader.next_window().await?;
         let rest = futures_util::stream::unfold(reader, |mut r| async move {
@@ -442,6 +448,8 @@ struct WindowReader {
     /// The byte range asked for, inclusive.
     start: u64,
     end: u64,
+    /// Windows fetched and checked ahead, from `next` on.
+    ready: std::collections::VecDeque<Bytes>,
 }
 
 impl WindowReader {
@@ -452,7 +460,11 @@ impl WindowReader {
         }
         let index = self.next;
         let digest = self.table.digest;
-        if let Some(window) = self.cluster.windows.get(&digest, index) {
+        if let Some(window) = self
+            .ready
+            .pop_front()
+            .or_else(|| self.cluster.windows.get(&digest, index))
+        {
             self.next += 1;
             return Ok(Some(self.trim(index, window)));
         }
@@ -460,7 +472,7 @@ impl WindowReader {
         loop {
             let node = self.candidates[self.node].clone();
             let timeout = self.cluster.nodes.timeout();
-            let outcome = match tokio::time::timeout(timeout, self.fetch_window(&node)).await {
+            let outcome = match tokio::time::timeout(timeout, self.fetch_windows(&node)).await {
                 Ok(r) => r,
                 Err(_) => Err(WindowError::Failed(format!(
                     "no window within {}s",
@@ -468,10 +480,16 @@ impl WindowReader {
                 ))),
             };
             match outcome {
-                Ok(window) => {
-                    self.next += 1;
+                Ok(mut windows) => {
                     self.bad.iter_mut().for_each(|b| *b = false);
-                    self.cluster.windows.insert(&digest, index, window.clone());
+                    for (i, w) in windows.iter().enumerate() {
+                        self.cluster
+                            .windows
+                            .insert(&digest, index + i as u64, w.clone());
+                    }
+                    let window = windows.remove(0);
+                    self.ready.extend(windows);
+                    self.next += 1;
                     return Ok(Some(self.trim(index, window)));
                 }
                 Err(WindowError::Corrupt(why)) => {
@@ -495,11 +513,12 @@ impl WindowReader {
         }
     }
 
-    /// Reads window `next` from `node` with a range request of its own, and checks it. One window per
-    /// request, with at most [`FETCHES_AT_ONCE`] under way in the process: memory is a window per fetch
-    /// whatever the number of viewers, and the connection goes back to the pool while a viewer drains
-    /// what it was sent.
-    async fn fetch_window(&mut self, node: &str) -> Result<Bytes, WindowError> {
+    /// Reads windows from `next` on from `node` with one range request (up to [`WINDOWS_PER_FETCH`], and
+    /// not past a window the cache holds), and checks each; answers at least one. At most
+    /// [`FETCHES_AT_ONCE`] fetches are under way in the process, each into buffers of its own, and the
+    /// connection goes back to the pool before a viewer drains what it was sent: memory does not grow with
+    /// the number of viewers.
+    async fn fetch_windows(&mut self, node: &str) -> Result<Vec<Bytes>, WindowError> {
         let index = self.next;
         let _permit = self
             .cluster
@@ -510,48 +529,69 @@ impl WindowReader {
         // Another read may have fetched it while this one waited: viewers of one video ask for the same
         // windows at about the same time.
         if let Some(window) = self.cluster.windows.get(&self.table.digest, index) {
-            return Ok(window);
+            return Ok(vec![window]);
         }
-        let want = blob_digest::window_len(self.table.len, index);
+        let mut last = index;
+        while last < self.last
+            && last + 1 - index < WINDOWS_PER_FETCH
+            && self
+                .cluster
+                .windows
+                .get(&self.table.digest, last + 1)
+                .is_none()
+        {
+            last += 1;
+        }
+        let len = self.table.len;
         let from = index * WINDOW as u64;
+        let to = ((last + 1) * WINDOW as u64).min(len) - 1;
         let mut resp = self
             .cluster
             .nodes
-            .get_range(
-                node,
-                &self.key,
-                from,
-                from + want as u64 - 1,
-                RANGE_REQUEST_TIMEOUT,
-            )
+            .get_range(node, &self.key, from, to, RANGE_REQUEST_TIMEOUT)
             .await
             .map_err(|e| WindowError::Failed(e.to_string()))?;
         count_read(node, "ok");
-        // A buffer of the window's own: a slice of the client's read buffer would pin all of it for as
-        // long as the window waits for its viewer or stays in the cache.
-        let mut buf = BytesMut::with_capacity(want);
-        while let Some(piece) = resp
+        let mut windows = Vec::new();
+        // Buffers of the windows' own: a slice of the client's read buffer would pin all of it for as long
+        // as a window waits for its viewer or stays in the cache.
+        let mut current = index;
+        let mut buf = BytesMut::with_capacity(blob_digest::window_len(len, current));
+        while let Some(mut piece) = resp
             .chunk()
             .await
             .map_err(|e| WindowError::Failed(format!("the reply broke off: {e}")))?
         {
-            if buf.len() + piece.len() > want {
-                return Err(WindowError::Failed(
-                    "the reply is longer than the range".into(),
-                ));
+            while !piece.is_empty() {
+                if current > last {
+                    return Err(WindowError::Failed(
+                        "the reply is longer than the range".into(),
+                    ));
+                }
+                let want = blob_digest::window_len(len, current);
+                let take = piece.len().min(want - buf.len());
+                buf.extend_from_slice(&piece.split_to(take));
+                if buf.len() == want {
+                    let window = std::mem::take(&mut buf).freeze();
+                    if blob_digest::window_digest(&window) != self.table.windows[current as usize] {
+                        let why = format!("window {current} does not match its table entry");
+                        // The windows before it are good: keep them, and ask again from this one.
+                        return if windows.is_empty() {
+                            Err(WindowError::Corrupt(why))
+                        } else {
+                            Ok(windows)
+                        };
+                    }
+                    windows.push(window);
+                    current += 1;
+                    buf = BytesMut::with_capacity(blob_digest::window_len(len, current));
+                }
             }
-            buf.extend_from_slice(&piece);
         }
-        if buf.len() < want {
+        if current <= last {
             return Err(WindowError::Failed("the reply ended early".into()));
         }
-        let window = buf.freeze();
-        if blob_digest::window_digest(&window) != self.table.windows[index as usize] {
-            return Err(WindowError::Corrupt(format!(
-                "window {index} does not match its table entry"
-            )));
-        }
-        Ok(window)
+        Ok(windows)
     }
 
     /// The part of window `index` inside the range asked for.
