@@ -136,12 +136,8 @@ pub struct Cluster {
     holder: String,
     /// The migration this process runs, for `GET /admin/nodes`.
     progress: Mutex<Option<migrate::Progress>>,
-    /// Window tables checked lately (see [`read`]).
-    tables: read::TableCache,
-    /// Video records read lately for serving (see [`read`]).
-    records: read::RecordCache,
-    /// Windows checked lately (see [`read`]).
-    windows: read::WindowCache,
+    /// Windows, window tables and video records that reads share (see [`read`]).
+    caches: read::Caches,
     /// Window fetches under way (see [`read`]).
     fetches: tokio::sync::Semaphore,
 }
@@ -226,9 +222,7 @@ impl Cluster {
             lease_ttl: settings.lease_ttl,
             holder: format!("{}-{}", std::process::id(), &common::cluster::nonce()[..12]),
             progress: Mutex::new(None),
-            tables: read::TableCache::default(),
-            records: read::RecordCache::default(),
-            windows: read::WindowCache::default(),
+            caches: read::Caches::default(),
             fetches: tokio::sync::Semaphore::new(read::FETCHES_AT_ONCE),
         });
         let mut record = cluster.meta.get_layout().await?;

@@ -30,71 +30,101 @@ use super::{count_read, Cluster, RingError};
 /// Bytes of window tables the cache keeps (a 4 MiB segment's table is 2 KiB).
 const TABLE_CACHE_BYTES: usize = 4 << 20;
 
-/// Bytes of checked windows kept by default (see [`WindowCache`]).
+/// Bytes of checked windows kept by default (see [`Caches::windows`]).
 pub const DEFAULT_WINDOW_CACHE_BYTES: usize = 32 << 20;
 
-/// Windows checked lately, shared by every read: a window that matched its table entry is good for as long
-/// as the digest it belongs to, so the popular part of a site (the videos being watched) is served from
-/// memory, without a node round trip or a hash, and every reader of it shares one copy instead of holding
-/// its own. Least recently used first out, within a byte budget.
-#[derive(Debug)]
-pub(crate) struct WindowCache {
+/// A map that keeps its least recently used entries within a byte budget, each entry weighing what its
+/// caller says, behind a lock so that every read of the process shares it. An entry over an eighth of the
+/// budget is not kept: one large entry must not empty the cache.
+pub(crate) struct BudgetLru<K, V> {
     budget: AtomicUsize,
-    inner: Mutex<WindowInner>,
+    inner: Mutex<LruInner<K, V>>,
 }
 
-struct WindowInner {
-    windows: hashlink::LruCache<(BlobDigest, u64), Bytes>,
+struct LruInner<K, V> {
+    entries: hashlink::LruCache<K, (V, usize)>,
     bytes: usize,
 }
 
-impl std::fmt::Debug for WindowInner {
+impl<K, V> std::fmt::Debug for BudgetLru<K, V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WindowInner")
-            .field("windows", &self.windows.len())
-            .field("bytes", &self.bytes)
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        f.debug_struct("BudgetLru")
+            .field("entries", &inner.entries.len())
+            .field("bytes", &inner.bytes)
+            .field("budget", &self.budget.load(Ordering::Relaxed))
             .finish()
     }
 }
 
-impl Default for WindowCache {
-    fn default() -> Self {
+impl<K: std::hash::Hash + Eq, V: Clone> BudgetLru<K, V> {
+    pub(crate) fn new(budget: usize) -> Self {
         Self {
-            budget: AtomicUsize::new(DEFAULT_WINDOW_CACHE_BYTES),
-            inner: Mutex::new(WindowInner {
-                windows: hashlink::LruCache::new_unbounded(),
+            budget: AtomicUsize::new(budget),
+            inner: Mutex::new(LruInner {
+                entries: hashlink::LruCache::new_unbounded(),
                 bytes: 0,
             }),
         }
     }
-}
 
-impl WindowCache {
-    fn lock(&self) -> std::sync::MutexGuard<'_, WindowInner> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, LruInner<K, V>> {
+        // Entries go in and out whole: a panic while the lock is held leaves nothing half done.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn get(&self, digest: &BlobDigest, index: u64) -> Option<Bytes> {
-        self.lock().windows.get(&(*digest, index)).cloned()
+    /// Changes the budget; entries beyond it go as others come.
+    fn set_budget(&self, bytes: usize) {
+        self.budget.store(bytes, Ordering::Relaxed);
     }
 
-    /// Keeps a checked window (a buffer of its own: nothing else is pinned by it).
-    fn insert(&self, digest: &BlobDigest, index: u64, window: Bytes) {
+    fn get<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        self.lock().entries.get(key).map(|(v, _)| v.clone())
+    }
+
+    fn insert(&self, key: K, value: V, size: usize) {
         let budget = self.budget.load(Ordering::Relaxed);
-        if window.len() > budget {
+        if size > budget / 8 {
             return;
         }
         let mut inner = self.lock();
-        let n = window.len();
-        if let Some(old) = inner.windows.insert((*digest, index), window) {
-            inner.bytes -= old.len();
+        if let Some((_, old)) = inner.entries.insert(key, (value, size)) {
+            inner.bytes -= old;
         }
-        inner.bytes += n;
+        inner.bytes += size;
         while inner.bytes > budget {
-            match inner.windows.remove_lru() {
-                Some((_, old)) => inner.bytes -= old.len(),
+            match inner.entries.remove_lru() {
+                Some((_, (_, n))) => inner.bytes -= n,
                 None => break,
             }
+        }
+    }
+}
+
+/// What reads of a process share.
+#[derive(Debug)]
+pub(crate) struct Caches {
+    /// Windows checked lately: a window that matched its table entry is good for as long as the digest it
+    /// belongs to, so the popular part of a site (the videos being watched) is served from memory, without
+    /// a node round trip or a hash, and every viewer of it shares one copy instead of holding its own.
+    windows: BudgetLru<(BlobDigest, u64), Bytes>,
+    /// Window tables checked against their recorded digest, by that digest.
+    tables: BudgetLru<BlobDigest, Arc<CheckedTable>>,
+    /// Video records read lately for serving, with when, so that a page asking for hundreds of segments
+    /// does not read and parse the record (hundreds of digests) once per segment.
+    records: BudgetLru<String, (Instant, Arc<VideoRecord>)>,
+}
+
+impl Default for Caches {
+    fn default() -> Self {
+        Self {
+            windows: BudgetLru::new(DEFAULT_WINDOW_CACHE_BYTES),
+            tables: BudgetLru::new(TABLE_CACHE_BYTES),
+            records: BudgetLru::new(RECORD_CACHE_BYTES),
         }
     }
 }
@@ -104,73 +134,6 @@ const RECORD_TTL: Duration = Duration::from_secs(1);
 
 /// Approximate bytes of video records the cache keeps.
 const RECORD_CACHE_BYTES: usize = 8 << 20;
-
-/// Video records read lately for serving, so that a page asking for hundreds of segments does not read and
-/// parse the record (hundreds of digests) once per segment.
-#[derive(Debug, Default)]
-pub(crate) struct RecordCache {
-    inner: Mutex<RecordInner>,
-}
-
-struct RecordInner {
-    videos: hashlink::LruCache<String, (Instant, Arc<VideoRecord>, usize)>,
-    bytes: usize,
-}
-
-impl Default for RecordInner {
-    fn default() -> Self {
-        Self {
-            videos: hashlink::LruCache::new_unbounded(),
-            bytes: 0,
-        }
-    }
-}
-
-impl std::fmt::Debug for RecordInner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RecordInner")
-            .field("videos", &self.videos.len())
-            .field("bytes", &self.bytes)
-            .finish()
-    }
-}
-
-impl RecordCache {
-    fn get(&self, id: &str) -> Option<Arc<VideoRecord>> {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        match inner.videos.get(id) {
-            Some((at, v, _)) if at.elapsed() < RECORD_TTL => Some(v.clone()),
-            _ => None,
-        }
-    }
-
-    fn insert(&self, record: Arc<VideoRecord>) {
-        let size = 256
-            + record.files.len() * 32
-            + record
-                .digests
-                .iter()
-                .map(|(k, v)| k.len() + v.len() + 48)
-                .sum::<usize>();
-        if size > RECORD_CACHE_BYTES / 8 {
-            return;
-        }
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, _, old)) = inner
-            .videos
-            .insert(record.id.clone(), (Instant::now(), record, size))
-        {
-            inner.bytes -= old;
-        }
-        inner.bytes += size;
-        while inner.bytes > RECORD_CACHE_BYTES {
-            match inner.videos.remove_lru() {
-                Some((_, (_, _, n))) => inner.bytes -= n,
-                None => break,
-            }
-        }
-    }
-}
 
 /// How long one window's range request may take, body included.
 const RANGE_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -191,60 +154,6 @@ pub struct CheckedTable {
     digest: BlobDigest,
     len: u64,
     windows: Vec<WindowDigest>,
-}
-
-/// The window tables checked lately, by recorded digest, least recently used dropped first.
-#[derive(Debug, Default)]
-pub(crate) struct TableCache {
-    inner: Mutex<CacheInner>,
-}
-
-struct CacheInner {
-    tables: hashlink::LruCache<String, Arc<CheckedTable>>,
-    bytes: usize,
-}
-
-impl std::fmt::Debug for CacheInner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CacheInner")
-            .field("tables", &self.tables.len())
-            .field("bytes", &self.bytes)
-            .finish()
-    }
-}
-
-impl TableCache {
-    fn get(&self, digest: &str) -> Option<Arc<CheckedTable>> {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        inner.tables.get(digest).cloned()
-    }
-
-    fn insert(&self, digest: String, table: Arc<CheckedTable>) {
-        let size = table.windows.len() * 32 + digest.len();
-        if size > TABLE_CACHE_BYTES / 8 {
-            return;
-        }
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(old) = inner.tables.insert(digest.clone(), table) {
-            inner.bytes -= old.windows.len() * 32 + digest.len();
-        }
-        inner.bytes += size;
-        while inner.bytes > TABLE_CACHE_BYTES {
-            match inner.tables.remove_lru() {
-                Some((k, t)) => inner.bytes -= t.windows.len() * 32 + k.len(),
-                None => break,
-            }
-        }
-    }
-}
-
-impl Default for CacheInner {
-    fn default() -> Self {
-        Self {
-            tables: hashlink::LruCache::new_unbounded(),
-            bytes: 0,
-        }
-    }
 }
 
 /// A blob ready to be read: its length is known, and nothing unchecked has been accepted.
@@ -278,7 +187,7 @@ impl Cluster {
     /// Sets the byte budget of the cache of checked windows (0 turns it off); what is kept beyond it is
     /// dropped as windows come and go.
     pub fn set_window_cache_bytes(&self, bytes: usize) {
-        self.windows.budget.store(bytes, Ordering::Relaxed);
+        self.caches.windows.set_budget(bytes);
     }
 
     /// Video `id`'s record for serving its files: one read at most [`RECORD_TTL`] ago, or (with `fresh`,
@@ -289,15 +198,25 @@ impl Cluster {
         fresh: bool,
     ) -> Result<Option<Arc<VideoRecord>>, RingError> {
         if !fresh {
-            if let Some(v) = self.records.get(id) {
-                return Ok(Some(v));
+            match self.caches.records.get(id) {
+                Some((at, v)) if at.elapsed() < RECORD_TTL => return Ok(Some(v)),
+                _ => {}
             }
         }
         let Some(record) = self.meta.get_video(id).await? else {
             return Ok(None);
         };
         let record = Arc::new(record);
-        self.records.insert(record.clone());
+        let size = 256
+            + record.files.len() * 32
+            + record
+                .digests
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 48)
+                .sum::<usize>();
+        self.caches
+            .records
+            .insert(id.to_owned(), (Instant::now(), record.clone()), size);
         Ok(Some(record))
     }
 
@@ -312,8 +231,7 @@ impl Cluster {
             Some(Ok(d @ BlobDigest::Windowed(_))) => d,
             _ => return Ok(Opened::Whole(self.get_verified(key, expected).await?)),
         };
-        let text = windowed.to_string();
-        if let Some(t) = self.tables.get(&text) {
+        if let Some(t) = self.caches.tables.get(&windowed) {
             return Ok(Opened::Windowed(t));
         }
         let candidates = self.view().read_candidates(&key.ring_key());
@@ -331,7 +249,8 @@ impl Cluster {
                             len: got.len,
                             windows,
                         });
-                        self.tables.insert(text, table.clone());
+                        let size = table.windows.len() * 32 + 64;
+                        self.caches.tables.insert(windowed, table.clone(), size);
                         return Ok(Opened::Windowed(table));
                     }
                     Err(e) => {
@@ -463,7 +382,7 @@ impl WindowReader {
         if let Some(window) = self
             .ready
             .pop_front()
-            .or_else(|| self.cluster.windows.get(&digest, index))
+            .or_else(|| self.cluster.caches.windows.get(&(digest, index)))
         {
             self.next += 1;
             return Ok(Some(self.trim(index, window)));
@@ -483,9 +402,8 @@ impl WindowReader {
                 Ok(mut windows) => {
                     self.bad.iter_mut().for_each(|b| *b = false);
                     for (i, w) in windows.iter().enumerate() {
-                        self.cluster
-                            .windows
-                            .insert(&digest, index + i as u64, w.clone());
+                        let at = (digest, index + i as u64);
+                        self.cluster.caches.windows.insert(at, w.clone(), w.len());
                     }
                     let window = windows.remove(0);
                     self.ready.extend(windows);
@@ -528,7 +446,7 @@ impl WindowReader {
             .map_err(|_| WindowError::Failed("shutting down".into()))?;
         // Another read may have fetched it while this one waited: viewers of one video ask for the same
         // windows at about the same time.
-        if let Some(window) = self.cluster.windows.get(&self.table.digest, index) {
+        if let Some(window) = self.cluster.caches.windows.get(&(self.table.digest, index)) {
             return Ok(vec![window]);
         }
         let mut last = index;
@@ -536,8 +454,9 @@ impl WindowReader {
             && last + 1 - index < WINDOWS_PER_FETCH
             && self
                 .cluster
+                .caches
                 .windows
-                .get(&self.table.digest, last + 1)
+                .get(&(self.table.digest, last + 1))
                 .is_none()
         {
             last += 1;
@@ -601,5 +520,38 @@ impl WindowReader {
         let a = self.start.saturating_sub(first) as usize;
         let b = ((self.end + 1).min(first + window.len() as u64) - first) as usize;
         window.slice(a..b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_lru_keeps_the_recently_used_within_its_budget() {
+        let lru: BudgetLru<u32, u32> = BudgetLru::new(800);
+        for k in 0..8 {
+            lru.insert(k, k * 10, 100);
+        }
+        assert_eq!(lru.get(&0), Some(0));
+        // Over budget: the least recently used (1, since 0 was just read) goes first.
+        lru.insert(8, 80, 100);
+        assert_eq!(lru.get(&1), None);
+        assert_eq!(lru.get(&0), Some(0));
+        assert_eq!(lru.get(&8), Some(80));
+        // Replacing an entry does not count it twice.
+        lru.insert(8, 81, 100);
+        assert_eq!(lru.lock().bytes, 800);
+        // An entry over an eighth of the budget is not kept.
+        lru.insert(9, 90, 101);
+        assert_eq!(lru.get(&9), None);
+        // A smaller budget sheds entries as others come; zero keeps nothing.
+        lru.set_budget(200);
+        lru.insert(10, 100, 25);
+        assert!(lru.lock().bytes <= 200);
+        assert_eq!(lru.get(&10), Some(100));
+        lru.set_budget(0);
+        lru.insert(11, 110, 1);
+        assert_eq!(lru.get(&11), None);
     }
 }
