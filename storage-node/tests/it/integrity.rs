@@ -189,25 +189,19 @@ async fn windowed_blobs_keep_their_table_and_are_served_without_hashing() {
     hasher.update(&data);
     let (digest, table) = hasher.finish();
 
+    let put = |announced: BlobDigest| {
+        http.put(node.blob_url("v/seg.m4s"))
+            .header("x-content-sha256", announced.to_string())
+            .body(data.clone())
+            .send()
+    };
     // A wrong windowed digest stores nothing.
     let wrong = BlobDigest::compute(DigestKind::Windowed, &data[1..]);
-    let r = http
-        .put(node.blob_url("v/seg.m4s"))
-        .header("x-content-sha256", wrong.to_string())
-        .body(data.clone())
-        .send()
-        .await
-        .unwrap();
+    let r = put(wrong).await.unwrap();
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     assert!(!node.blob_path("v/seg.m4s").exists());
 
-    let r = http
-        .put(node.blob_url("v/seg.m4s"))
-        .header("x-content-sha256", digest.to_string())
-        .body(data.clone())
-        .send()
-        .await
-        .unwrap();
+    let r = put(digest).await.unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
     let info: Value = r.json().await.unwrap();
     assert_eq!(info["sha256"], digest.to_string());
