@@ -344,7 +344,7 @@ fn corrupt(node: &str, key: &BlobKey, why: &str) {
 
 /// Why one window could not be read from one replica.
 enum WindowError {
-    /// The replica sent bytes that do not match the table: never ask it again in this read.
+    /// The replica sent bytes that do not match the table: not asked for this window again.
     Corrupt(String),
     /// It could not be reached, refused, broke off or stalled: it may be asked again.
     Failed(String),
@@ -390,6 +390,13 @@ impl WindowReader {
         let mut tries = self.candidates.len() * ATTEMPTS_PER_CANDIDATE;
         loop {
             let node = self.candidates[self.node].clone();
+            // The wait for a turn is not the node's time: only the fetch itself is bounded.
+            let cluster = self.cluster.clone();
+            let _turn = cluster
+                .fetches
+                .acquire()
+                .await
+                .map_err(|_| RingError::Aborted("the process is shutting down".into()))?;
             let timeout = self.cluster.nodes.timeout();
             let outcome = match tokio::time::timeout(timeout, self.fetch_windows(&node)).await {
                 Ok(r) => r,
@@ -399,16 +406,18 @@ impl WindowReader {
                 ))),
             };
             match outcome {
-                Ok(mut windows) => {
+                Ok(windows) => {
                     self.bad.iter_mut().for_each(|b| *b = false);
                     for (i, w) in windows.iter().enumerate() {
                         let at = (digest, index + i as u64);
                         self.cluster.caches.windows.insert(at, w.clone(), w.len());
                     }
-                    let window = windows.remove(0);
-                    self.ready.extend(windows);
-                    self.next += 1;
-                    return Ok(Some(self.trim(index, window)));
+                    let mut windows = windows.into_iter();
+                    if let Some(window) = windows.next() {
+                        self.ready.extend(windows);
+                        self.next += 1;
+                        return Ok(Some(self.trim(index, window)));
+                    }
                 }
                 Err(WindowError::Corrupt(why)) => {
                     corrupt(&node, &self.key, &why);
@@ -432,18 +441,12 @@ impl WindowReader {
     }
 
     /// Reads windows from `next` on from `node` with one range request (up to [`WINDOWS_PER_FETCH`], and
-    /// not past a window the cache holds), and checks each; answers at least one. At most
-    /// [`FETCHES_AT_ONCE`] fetches are under way in the process, each into buffers of its own, and the
+    /// not past a window the cache holds), and checks each; answers at least one. The caller holds one of
+    /// the [`FETCHES_AT_ONCE`] turns of the process; each fetch reads into buffers of its own, and the
     /// connection goes back to the pool before a viewer drains what it was sent: memory does not grow with
     /// the number of viewers.
     async fn fetch_windows(&mut self, node: &str) -> Result<Vec<Bytes>, WindowError> {
         let index = self.next;
-        let _permit = self
-            .cluster
-            .fetches
-            .acquire()
-            .await
-            .map_err(|_| WindowError::Failed("shutting down".into()))?;
         // Another read may have fetched it while this one waited: viewers of one video ask for the same
         // windows at about the same time.
         if let Some(window) = self.cluster.caches.windows.get(&(self.table.digest, index)) {
