@@ -335,20 +335,9 @@ impl MetaStore for SqliteStore {
     }
 
     async fn list_videos(&self) -> Result<Vec<VideoRecord>, MetaError> {
-        self.call(|c| {
-            let mut stmt = c.prepare("SELECT id, json FROM videos").map_err(sql)?;
-            let rows = stmt
-                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-                .map_err(sql)?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (id, json) = row.map_err(sql)?;
-                out.push(from_json("video", &id, json.as_bytes())?);
-            }
-            sort_videos(&mut out);
-            Ok(out)
-        })
-        .await
+        let mut out = self.list_rows("videos", "video").await?;
+        sort_videos(&mut out);
+        Ok(out)
     }
 
     async fn delete_video(&self, id: &str) -> Result<bool, MetaError> {
