@@ -33,8 +33,6 @@ enum Meddling {
     HoldTail(Arc<tokio::sync::Semaphore>),
     /// Flips the byte at this offset of the blob, when a reply covers it.
     FlipAt(u64),
-    /// Answers the status and headers of every payload, then never sends a byte of it.
-    Stall,
 }
 
 #[derive(Clone)]
@@ -96,13 +94,6 @@ async fn relay(State(p): State<Proxy>, req: Request) -> Response {
     tokio::spawn(async move {
         let mut at = 0u64;
         let mut held_back = false;
-        if payload && matches!(p.meddling, Meddling::Stall) {
-            meddled.fetch_add(1, Ordering::SeqCst);
-            // Keeps the reply open and silent for as long as the test runs.
-            let _open = tx;
-            std::future::pending::<()>().await;
-            return;
-        }
         while let Some(piece) = upstream.next().await {
             let Ok(piece) = piece else { return };
             let mut piece = piece.to_vec();
@@ -115,7 +106,6 @@ async fn relay(State(p): State<Proxy>, req: Request) -> Response {
                             meddled.fetch_add(1, Ordering::SeqCst);
                         }
                     }
-                    Meddling::Stall => {}
                     Meddling::HoldTail(gate) => {
                         let tail_from = blob_len.saturating_sub(64 * 1024);
                         if !held_back && first + at + piece.len() as u64 > tail_from {
@@ -208,10 +198,8 @@ fn broadcaster_behind(
     nodes: &[&Node],
     relays: &[&Relay],
     r: usize,
-    extra: &[(&str, &str)],
 ) -> Broadcaster {
     let mut env = ring_env(&dir.join("meta.db"), nodes, r);
-    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     for (k, v) in env.iter_mut() {
         if k == "BROADCASTER_STORAGE_NODES" {
             *v = relays
@@ -248,7 +236,7 @@ async fn a_read_sends_its_first_bytes_before_the_node_has_sent_its_last() {
     let node = Node::start(&dir.path().join("n0"), 0);
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let relay = Relay::start(&node, Meddling::HoldTail(gate.clone())).await;
-    let bc = broadcaster_behind(dir.path(), &[&node], &[&relay], 1, &[]);
+    let bc = broadcaster_behind(dir.path(), &[&node], &[&relay], 1);
     let data = gen_bytes(11, CHUNK);
     upload(&bc, "held.bin", &data).await;
 
@@ -288,7 +276,7 @@ async fn a_read_takes_each_window_from_a_replica_that_has_it_intact() {
     // window is intact on one of them.
     let a = Relay::start(&nodes[0], Meddling::FlipAt(3 * 65536 + 100)).await;
     let b = Relay::start(&nodes[1], Meddling::FlipAt(9 * 65536 + 7)).await;
-    let bc = broadcaster_behind(dir.path(), &[&nodes[0], &nodes[1]], &[&a, &b], 2, &[]);
+    let bc = broadcaster_behind(dir.path(), &[&nodes[0], &nodes[1]], &[&a, &b], 2);
     let data = gen_bytes(12, CHUNK + 5000);
     upload(&bc, "damaged.bin", &data).await;
 
@@ -326,7 +314,7 @@ async fn windows_read_once_are_served_from_memory_while_the_cache_holds_them() {
     let dir = scratch_dir("reads-");
     let mut node = Node::start(&dir.path().join("n0"), 0);
     let relay = Relay::start(&node, Meddling::FlipAt(u64::MAX)).await;
-    let bc = broadcaster_behind(dir.path(), &[&node], &[&relay], 1, &[]);
+    let bc = broadcaster_behind(dir.path(), &[&node], &[&relay], 1);
     let data = gen_bytes(13, CHUNK / 2);
     upload(&bc, "hot.bin", &data).await;
     let read = || async {
@@ -348,63 +336,5 @@ async fn windows_read_once_are_served_from_memory_while_the_cache_holds_them() {
     assert!(
         got[..] == data[..],
         "the cached file differs from the upload"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_that_stalls_mid_read_is_left_after_the_node_timeout() {
-    let dir = scratch_dir("reads-");
-    let nodes: Vec<Node> = (0..2)
-        .map(|i| Node::start(&dir.path().join(format!("n{i}")), 0))
-        .collect();
-    // One replica answers every payload request and then sends nothing; the other is honest.
-    let stalled = Relay::start(&nodes[0], Meddling::Stall).await;
-    let honest = Relay::start(&nodes[1], Meddling::FlipAt(u64::MAX)).await;
-    let bc = broadcaster_behind(
-        dir.path(),
-        &[&nodes[0], &nodes[1]],
-        &[&stalled, &honest],
-        2,
-        &[("BROADCASTER_NODE_TIMEOUT_MS", "1000")],
-    );
-    // Several chunks, so the reads start on both replicas.
-    let data = gen_bytes(14, 4 * CHUNK + 123);
-    upload(&bc, "stalled.bin", &data).await;
-
-    let resp = tokio::time::timeout(
-        Duration::from_secs(60),
-        client().get(bc.url("/files/stalled.bin")).send(),
-    )
-    .await
-    .expect("the read answers")
-    .expect("GET");
-    assert_eq!(resp.status(), 200);
-    let got = tokio::time::timeout(Duration::from_secs(60), resp.bytes())
-        .await
-        .expect("the body ends: a stalled fetch gives way after the node timeout")
-        .expect("the whole body");
-    assert!(got[..] == data[..], "the file read back differs");
-    assert!(
-        stalled.meddled.load(Ordering::SeqCst) >= 1,
-        "no read went to the stalled replica"
-    );
-    let text = client()
-        .get(bc.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics body");
-    let failed: f64 = text
-        .lines()
-        .filter(|l| {
-            l.starts_with("distributary_ring_reads_total{") && l.contains("result=\"error\"")
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
-    assert!(
-        failed >= 1.0,
-        "the stalled fetches are counted as failed reads:\n{text}"
     );
 }
