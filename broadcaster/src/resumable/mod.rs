@@ -525,6 +525,9 @@ where
             (LaneState::Failed(why), _) => entry.1 = Some(why.clone()),
             (state, _) => entry.1 = Some(format!("append ended {state:?}")),
         }
+        if let Some(why) = &entry.1 {
+            tracing::warn!(upload = %upload.id, target = %lane.target.label, offset = upload.offset, %why, "target dropped out of the upload");
+        }
     }
     let live = upload.targets.iter().filter(|t| t.1.is_none()).count();
     if too_large {
