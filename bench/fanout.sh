@@ -3,6 +3,8 @@
 #
 # For each file size, on the same file and in the same run, it measures:
 #   fan-out   curl -T FILE into the broadcaster, which streams it to N disk readers (stage, fsync, commit)
+#   multipart curl -F file=@FILE, a multipart POST /broadcast into the same broadcaster, same fan-out, at the
+#             primary target count only (right after the raw PUT fan-out), to compare the two upload paths
 #   direct    curl -T FILE straight into one reader's stage route, then its commit (one plain upload, one copy)
 #   one-liner tee FILE into N `socat` TCP senders, each received by a `socat` sink writing a file, then fsync
 # and prints throughput, ratios and peak RSS (VmHWM) of the broadcaster and the readers, checks the goals
@@ -12,8 +14,9 @@
 # Environment:
 #   BENCH_SIZES          sizes to run, K/M/G suffixes are binary (default "16M 256M 1G 4G")
 #   BENCH_REPEAT         runs of each measurement; the best throughput is kept (default 1)
-#   BENCH_TARGETS        target counts for the fan-out, e.g. "1 2 3" for a sweep (default "3"); the direct
-#                        and one-liner comparisons use 3 if listed, else the largest count
+#   BENCH_TARGETS        target counts for the fan-out, e.g. "1 2 3" for a sweep (default "3"); the direct,
+#                        one-liner and multipart comparisons use 3 if listed, else the largest count
+#   BENCH_MULTIPART      1 (default) also measures the multipart POST /broadcast path; 0 skips it
 #   BENCH_DIR            where the generated data files are kept and reused (default bench/out/data)
 #   BENCH_WORK           reader data dirs, one-liner outputs, summaries (default bench/out/run; those
 #                        subdirectories are wiped at start)
@@ -44,6 +47,7 @@ TARGETS=${BENCH_TARGETS:-3}
 VERIFY_MAX_SPEC=${BENCH_VERIFY_MAX:-256M}
 ONELINER_SYNC=${BENCH_ONELINER_SYNC:-fsync}
 CURL_MAX_TIME=${BENCH_CURL_MAX_TIME:-3600}
+MULTIPART=${BENCH_MULTIPART:-1}
 
 log() { printf '[fanout %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -67,6 +71,7 @@ to_bytes() { # 16M -> 16777216; plain numbers are bytes
 
 [[ $REPEAT =~ ^[1-9][0-9]*$ ]] || die "BENCH_REPEAT must be a positive integer, got '$REPEAT'"
 case $ONELINER_SYNC in fsync | syncfs | none) ;; *) die "BENCH_ONELINER_SYNC must be fsync, syncfs or none" ;; esac
+[[ $MULTIPART == 0 || $MULTIPART == 1 ]] || die "BENCH_MULTIPART must be 0 or 1, got '$MULTIPART'"
 VERIFY_MAX=$(to_bytes "$VERIFY_MAX_SPEC")
 read -r -a SIZE_LIST <<<"$SIZES"
 read -r -a COUNTS <<<"$TARGETS"
@@ -317,7 +322,7 @@ staging_leftovers() { # files left under a reader's staging dir after an upload 
 new_id() { od -An -N16 -tx1 /dev/urandom | tr -d ' \n'; }
 
 # ---------------------------------------------------------------------------------------------------------------
-# the three measurements
+# the measurements
 
 run_fanout() { # run_fanout LABEL BYTES FILE SHA N REPEAT
     local label=$1 bytes=$2 file=$3 sha=$4 n=$5 rep=$6
@@ -354,6 +359,44 @@ run_fanout() { # run_fanout LABEL BYTES FILE SHA N REPEAT
     else
         record "$label" "$bytes" fanout "$n" "$rep" 1 "$t" "$(mbps "$bytes" "$t")" "$bh" "$rh" "" ""
         log "fan-out   $label to $n: $(mbps "$bytes" "$t") MB/s (${t}s), broadcaster VmHWM ${bh} KiB, max reader VmHWM ${rh} KiB"
+    fi
+}
+
+run_multipart() { # run_multipart LABEL BYTES FILE SHA N REPEAT: like run_fanout, through POST /broadcast (multipart)
+    local label=$1 bytes=$2 file=$3 sha=$4 n=$5 rep=$6
+    local name="multipart-$label-n$n-r$rep.bin" summary="$WORK/summaries/multipart-$label-n$n-r$rep.json"
+    local port=${BPORT[$n]} bpid=${BPID[$n]} readers=() i out rc=0 code t verdict err="" bh rh
+    for ((i = 1; i <= n; i++)); do readers+=("${RPID[i]}"); done
+    alive "$bpid" || { record "$label" "$bytes" multipart "$n" "$rep" 0 "" "" "" "" "broadcaster ($n targets) is not running" ""; return; }
+    sync
+    reset_hwm "$bpid" "${readers[@]}"
+    out=$(curl -sS -m "$CURL_MAX_TIME" -F "file=@$file;filename=$name;type=application/octet-stream" \
+        "http://127.0.0.1:$port/broadcast" -o "$summary" -w '%{http_code} %{time_total}') || rc=$?
+    bh=$(hwm_kib "$bpid")
+    rh=$(max_hwm_kib "${readers[@]}")
+    read -r code t <<<"$out"
+    if ((rc != 0)); then
+        err="curl exit $rc ($out)"
+    elif [[ $code != 200 ]]; then
+        err="HTTP $code: $(head -c 400 "$summary" 2>/dev/null | tr '\n' ' ')"
+    elif ! verdict=$("$PY" "$REPORT" check-summary "$summary" "$bytes" "$sha" "$n"); then
+        err="summary: $verdict"
+    else
+        for ((i = 1; i <= n; i++)); do
+            verdict=$(check_copy "${RDIR[i]}/files/$name" "$bytes" "$sha") || { err="reader $i: $verdict"; break; }
+        done
+    fi
+    for ((i = 1; i <= n; i++)); do
+        local left
+        left=$(staging_leftovers "${RDIR[i]}")
+        [[ -z $left ]] || log "note: reader $i staging not empty after a committed upload: $(echo "$left" | tr '\n' ' ')"
+        rm -f "${RDIR[i]}/files/$name"
+    done
+    if [[ -n $err ]]; then
+        record "$label" "$bytes" multipart "$n" "$rep" 0 "${t:-}" "" "$bh" "$rh" "$err" ""
+    else
+        record "$label" "$bytes" multipart "$n" "$rep" 1 "$t" "$(mbps "$bytes" "$t")" "$bh" "$rh" "" ""
+        log "multipart $label to $n: $(mbps "$bytes" "$t") MB/s (${t}s), broadcaster VmHWM ${bh} KiB, max reader VmHWM ${rh} KiB"
     fi
 }
 
@@ -461,7 +504,7 @@ run_oneliner() { # run_oneliner LABEL BYTES FILE SHA N REPEAT
 # ---------------------------------------------------------------------------------------------------------------
 # main
 
-log "sizes: ${SIZE_LIST[*]}; repeats: $REPEAT; fan-out target counts: ${COUNTS[*]} (comparisons at $PRIMARY)"
+log "sizes: ${SIZE_LIST[*]}; repeats: $REPEAT; fan-out target counts: ${COUNTS[*]} (comparisons at $PRIMARY)$( ((MULTIPART)) || echo '; multipart path skipped (BENCH_MULTIPART=0)')"
 log "data: $DATA ($(human "$(avail "$DATA")") free); work: $WORK ($(human "$(avail "$WORK")") free)"
 log "CPU: $(nproc) core(s)$(grep -qw sha_ni /proc/cpuinfo && echo ', SHA extensions present')"
 
@@ -478,6 +521,12 @@ warmup() {
         [[ $code == 201 ]] || log "warning: warm-up fan-out to $n target(s) answered HTTP ${code:-nothing}"
         for ((i = 1; i <= n; i++)); do rm -f "${RDIR[i]}/files/warmup-n$n.bin"; done
     done
+    if ((MULTIPART)); then
+        code=$(curl -sS -m 60 -F "file=@$f;filename=warmup-multipart.bin;type=application/octet-stream" \
+            "http://127.0.0.1:${BPORT[$PRIMARY]}/broadcast" -o /dev/null -w '%{http_code}') || true
+        [[ $code == 200 ]] || log "warning: warm-up multipart fan-out to $PRIMARY target(s) answered HTTP ${code:-nothing}"
+        for ((i = 1; i <= PRIMARY; i++)); do rm -f "${RDIR[i]}/files/warmup-multipart.bin"; done
+    fi
     id=$(new_id)
     code=$(curl -sS -m 60 -T "$f" "http://127.0.0.1:${RPORT[1]}/v1/uploads/$id/warmup-direct.bin" -o /dev/null \
         -w '%{http_code}') || true
@@ -500,7 +549,10 @@ for spec in "${SIZE_LIST[@]}"; do
     sha=$(file_sha "$file" "$bytes")
     log "== $label ($bytes bytes, sha256 $sha)"
     for ((rep = 1; rep <= REPEAT; rep++)); do
-        for n in "${COUNTS[@]}"; do run_fanout "$label" "$bytes" "$file" "$sha" "$n" "$rep"; done
+        for n in "${COUNTS[@]}"; do
+            run_fanout "$label" "$bytes" "$file" "$sha" "$n" "$rep"
+            if ((MULTIPART && n == PRIMARY)); then run_multipart "$label" "$bytes" "$file" "$sha" "$n" "$rep"; fi
+        done
         run_direct "$label" "$bytes" "$file" "$sha" "$rep"
         run_oneliner "$label" "$bytes" "$file" "$sha" "$PRIMARY" "$rep"
     done
