@@ -789,6 +789,7 @@ async fn run() -> anyhow::Result<bool> {
             files: video.iter().map(|s| s.file.clone()).collect(),
             error: None,
             digests,
+            progress_percent: None,
         })
         .await?;
     let seq_id = format!("{VIDEO}-seq");

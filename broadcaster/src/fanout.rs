@@ -339,6 +339,14 @@ fn ring_error(e: RingError) -> LaneError {
 /// few KiB per minute of video.
 const MAX_REPLY_BYTES: u64 = 4 << 20;
 
+/// Longest wait for a target's answer to how far its stage is; a slow one is simply asked again later.
+const PROGRESS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A fresh upload id (what the stream protocol and the ring key an upload by).
+pub fn new_upload_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
 impl Engine {
     /// Sends a request to a target, signed with the cluster secret when there is one.
     async fn send(
@@ -346,6 +354,38 @@ impl Engine {
         req: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, reqwest::Error> {
         send_signed(&self.client, self.config.cluster_secret.as_ref(), req).await
+    }
+
+    /// How far the targets' stage of upload `id` is: the highest percentage a stream-protocol target
+    /// reports (the dash reader's transcode), `None` when none reports one. A target's answer is checked
+    /// like any peer's: bounded, parsed strictly, and a number from 0 to 100.
+    pub async fn progress_of(&self, id: &str) -> Option<f64> {
+        let asks = self
+            .config
+            .targets
+            .iter()
+            .filter(|t| !t.is_ring)
+            .map(|t| async move {
+                let req = self
+                    .client
+                    .get(t.progress_url(id))
+                    .timeout(PROGRESS_TIMEOUT);
+                let resp = self.send(req).await.ok()?;
+                if !resp.status().is_success() {
+                    return None;
+                }
+                let body = read_body_limited(resp, 1024).await.ok()?;
+                let report: common::protocol::ProgressReport =
+                    serde_json::from_slice(&body).ok()?;
+                (0.0..=100.0)
+                    .contains(&report.percent)
+                    .then_some(report.percent)
+            });
+        futures_util::future::join_all(asks)
+            .await
+            .into_iter()
+            .flatten()
+            .reduce(f64::max)
     }
 
     /// Builds the engine and its HTTP client.
@@ -406,10 +446,19 @@ impl Engine {
         S: Stream<Item = Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
+        self.run_as(new_upload_id(), req, body).await
+    }
+
+    /// [`Engine::run`] under upload id `id` (from [`new_upload_id`]), which the caller needs while the
+    /// upload runs: a video upload asks its transcoder how far it is.
+    pub async fn run_as<S, E>(&self, id: String, req: UploadRequest, body: S) -> Finished
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
         let started = Instant::now();
         metrics::gauge!("distributary_uploads_active").increment(1.0);
         let _active = ActiveUpload;
-        let id = uuid::Uuid::new_v4().simple().to_string();
         let mut end = Ended::default();
         // The ring's chunks of this upload are protected from the housekeeping sweep by a lease, held until
         // they are committed (recorded) or deleted.

@@ -3,7 +3,7 @@
 //! runs and becomes `ready` only once the fan-out committed, that is once every DASH file is durable on the
 //! ring. A file that is not a video (415) or is corrupt (422) leaves nothing behind.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{Multipart, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -12,6 +12,7 @@ use axum::Json;
 use common::protocol::{ErrorBody, VideoMode};
 use futures_util::TryStreamExt;
 use meta::{MetaError, VideoRecord};
+use tokio_util::sync::CancellationToken;
 
 use crate::error::BroadcastError;
 use crate::fanout::{Engine, Failure, Finished, UploadRequest};
@@ -131,7 +132,12 @@ async fn upload(
         declared_len: None,
         video: VideoMode::Required,
     };
-    let done = engine.run(req, field.map_err(|e| e.body_text())).await;
+    let upload_id = crate::fanout::new_upload_id();
+    let watch = job.watch_progress(&engine, &upload_id);
+    let done = engine
+        .run_as(upload_id, req, field.map_err(|e| e.body_text()))
+        .await;
+    watch.stop().await;
     job.end(&done).await?;
     Ok(id)
 }
@@ -202,6 +208,7 @@ impl VideoJob {
             files: Vec::new(),
             error: None,
             digests: Default::default(),
+            progress_percent: None,
         };
         match meta.create_video(&record).await {
             Ok(()) => {}
@@ -222,6 +229,44 @@ impl VideoJob {
             record,
             _lease: lease,
         })
+    }
+
+    /// Keeps the record's `progress_percent` up to date with what the transcoder of upload `upload_id`
+    /// reports, until [`ProgressWatch::stop`], which must come before [`VideoJob::end`]: only this job writes
+    /// the record meanwhile, so a late progress write can never turn a finished video back to processing.
+    pub fn watch_progress(&self, engine: &Engine, upload_id: &str) -> ProgressWatch {
+        let (meta, record) = (self.meta.clone(), self.record.clone());
+        let (engine, upload_id) = (engine.clone(), upload_id.to_owned());
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut last = None;
+            loop {
+                tokio::select! {
+                    () = stopped.cancelled() => break,
+                    () = tokio::time::sleep(PROGRESS_EVERY) => {}
+                }
+                let Some(percent) = engine.progress_of(&upload_id).await else {
+                    continue;
+                };
+                // 100 is for `end` to say, once every file is stored and the upload committed.
+                let percent = (percent.floor() as u8).min(99);
+                if last == Some(percent) {
+                    continue;
+                }
+                let update = VideoRecord {
+                    progress_percent: Some(percent),
+                    ..record.clone()
+                };
+                match meta.put_video(&update).await {
+                    Ok(()) => last = Some(percent),
+                    Err(e) => {
+                        tracing::debug!(video = %record.id, error = %e, "progress not recorded")
+                    }
+                }
+            }
+        });
+        ProgressWatch { stop, task }
     }
 
     /// Records how the upload ended: `ready` with its files, `failed` (ours: the id may be uploaded again),
@@ -274,6 +319,24 @@ impl VideoJob {
                 Err((status, message))
             }
         }
+    }
+}
+
+/// How often a video upload's transcoder is asked how far it is.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// The task of [`VideoJob::watch_progress`].
+#[derive(Debug)]
+pub struct ProgressWatch {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ProgressWatch {
+    /// Stops the updates and waits until none can be written any more.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
     }
 }
 

@@ -6,6 +6,7 @@
 //! | `PUT /v1/uploads/{id}/{name}` | one-shot stage of the whole body → [`StagedReport`] |
 //! | `PATCH /v1/uploads/{id}/{name}?offset=N` | resumable append at `N` → [`Held`] (409 + [`Held`] on a wrong offset) |
 //! | `GET /v1/uploads/{id}` | bytes of a resumable upload durably staged → [`Held`] |
+//! | `GET /v1/uploads/{id}/progress` | how far a stage that takes a while is → [`ProgressReport`] (404: nothing to report) |
 //! | `POST /v1/uploads/{id}/finish` | a resumable upload is whole: stage it → [`StagedReport`] |
 //! | `POST /v1/uploads/{id}/commit` | publish the staged upload |
 //! | `DELETE /v1/uploads/{id}` | discard it, whichever phase it is in |
@@ -26,7 +27,9 @@ use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Sha256Digest;
-use crate::protocol::{is_valid_upload_id, ErrorBody, StagedReport, VideoMode, VIDEO_HEADER};
+use crate::protocol::{
+    is_valid_upload_id, ErrorBody, ProgressReport, StagedReport, VideoMode, VIDEO_HEADER,
+};
 use crate::spool::{Spool, SpoolError, SpoolFile, SpoolRequest};
 
 /// Header of an append: how long the target keeps the resumable staging untouched (seconds).
@@ -127,6 +130,13 @@ pub trait Participant: Send + Sync + 'static {
         let _ = (id, name, offset, path, keep);
     }
 
+    /// How far the stage of upload `id` is, for a participant whose stage takes a while (the dash reader's
+    /// transcode); `None`: nothing to report.
+    fn progress(&self, id: &str) -> Option<ProgressReport> {
+        let _ = id;
+        None
+    }
+
     /// Largest chunk read from the spool when a finished upload is staged.
     fn read_buffer(&self) -> usize {
         1 << 20
@@ -197,6 +207,7 @@ pub fn routes<P: Participant>(p: Arc<P>) -> Router {
         )
         .route("/v1/uploads/{id}/commit", post(commit::<P>))
         .route("/v1/uploads/{id}/finish", post(finish::<P>))
+        .route("/v1/uploads/{id}/progress", get(progress::<P>))
         .route("/v1/uploads/{id}", get(held::<P>).delete(abort::<P>))
         .with_state(p)
 }
@@ -299,6 +310,23 @@ async fn held<P: Participant>(
         .held(&id)
         .ok_or_else(|| ProtocolError::Spool(SpoolError::Unknown(id.clone())))?;
     Ok(Json(Held { bytes }).into_response())
+}
+
+async fn progress<P: Participant>(
+    State(p): State<Arc<P>>,
+    Path(id): Path<String>,
+) -> Result<Response, P::Error> {
+    check(&id, None)?;
+    Ok(match p.progress(&id) {
+        Some(report) => Json(report).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(ErrorBody {
+                error: "no stage of this upload is in progress here".into(),
+            }),
+        )
+            .into_response(),
+    })
 }
 
 async fn finish<P: Participant>(

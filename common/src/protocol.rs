@@ -17,6 +17,13 @@ pub const UPLOADS_PATH: &str = "/v1/uploads";
 /// against accidental damage (truncation, a lost or repeated chunk, a flipped bit) at a twentieth of the CPU,
 /// and the CPU is what bounds fan-out on a small machine. Targets that keep SHA-256 anyway (storage nodes)
 /// report that.
+/// How far a target's stage of an upload is (`GET /v1/uploads/{id}/progress`): the dash reader's transcode.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ProgressReport {
+    /// Percent of the source processed so far, 0 to 100.
+    pub percent: f64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct StagedReport {
     /// Bytes staged.

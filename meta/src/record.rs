@@ -64,6 +64,9 @@ pub struct VideoRecord {
     /// it, so no storage node can alter what a viewer receives.
     #[serde(default)]
     pub digests: BTreeMap<String, String>,
+    /// While `processing`: percent of the source transcoded so far, as the transcoder last reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_percent: Option<u8>,
 }
 
 impl VideoRecord {

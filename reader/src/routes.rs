@@ -99,6 +99,10 @@ impl Participant for AppState {
         }
     }
 
+    fn progress(&self, id: &str) -> Option<common::protocol::ProgressReport> {
+        self.video.as_ref()?.progress(id)
+    }
+
     async fn finish(&self, id: &str, file: SpoolFile) -> Result<StagedReport, ReaderError> {
         match (&self.video, &self.s3) {
             (Some(_), _) => return participant::replay(self, id, file).await,

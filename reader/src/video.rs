@@ -89,8 +89,15 @@ pub struct VideoSink {
     options: TranscodeOptions,
     buffer_size: usize,
     pending: Mutex<HashMap<String, Pending>>,
-    /// Transcodes in flight, so an abort can stop ffmpeg.
-    running: Mutex<HashMap<String, CancellationToken>>,
+    /// Transcodes in flight, so an abort can stop ffmpeg and the broadcaster can ask how far they are.
+    running: Mutex<HashMap<String, Running>>,
+}
+
+/// A video upload being probed, queued or transcoded.
+#[derive(Debug)]
+struct Running {
+    cancel: CancellationToken,
+    progress: Arc<dash::Progress>,
 }
 
 /// The client's view of a pipeline error: its status and short reason; the detail goes to the log.
@@ -149,8 +156,18 @@ impl VideoSink {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, CancellationToken>> {
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
         self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How far the transcode of upload `id` is: 0 while it is received, probed or queued, then ffmpeg's
+    /// progress; `None` for an upload this sink is not transcoding.
+    pub fn progress(&self, id: &str) -> Option<common::protocol::ProgressReport> {
+        let running = self.running();
+        let r = running.get(id)?;
+        Some(common::protocol::ProgressReport {
+            percent: r.progress.percent().unwrap_or(0.0),
+        })
     }
 
     /// Phase 1: stages the body and, for a video upload, transcodes it onto the ring.
@@ -210,7 +227,14 @@ impl VideoSink {
                 }
                 let staged = writer.finish().await?;
                 let token = CancellationToken::new();
-                self.running().insert(id.to_owned(), token.clone());
+                let progress = Arc::new(dash::Progress::default());
+                self.running().insert(
+                    id.to_owned(),
+                    Running {
+                        cancel: token.clone(),
+                        progress: progress.clone(),
+                    },
+                );
                 // If this request is dropped (the broadcaster went away), the guard cancels the transcode,
                 // which then cleans up after itself in its own task.
                 let _guard = token.clone().drop_guard();
@@ -219,7 +243,7 @@ impl VideoSink {
                 let work_dir = self.staging_dir.join(format!("{id}.dash"));
                 let task = tokio::spawn(async move {
                     let r = me
-                        .transcode_to_ring(&video_id, &input, &work_dir, token)
+                        .transcode_to_ring(&video_id, &input, &work_dir, token, progress)
                         .await;
                     let _ = tokio::fs::remove_dir_all(&work_dir).await;
                     let _ = tokio::fs::remove_dir_all(work_dir.with_extension("poster")).await;
@@ -258,6 +282,7 @@ impl VideoSink {
         input: &Path,
         work_dir: &Path,
         cancel: CancellationToken,
+        progress: Arc<dash::Progress>,
     ) -> Result<VideoReport, ReaderError> {
         // Refusals (415/422) come before the wait for a slot, so a bad upload never queues.
         let probe = dash::probe_within(input, &self.limits.video)
@@ -275,7 +300,9 @@ impl VideoSink {
         let started = Instant::now();
         let written: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
         let result = self
-            .run_ladder(video_id, input, work_dir, &probe, &ladder, &written, cancel)
+            .run_ladder(
+                video_id, input, work_dir, &probe, &ladder, &written, cancel, progress,
+            )
             .await;
         metrics::gauge!("distributary_transcodes_active").decrement(1.0);
         let outcome = if result.is_ok() { "ok" } else { "error" };
@@ -318,10 +345,11 @@ impl VideoSink {
         ladder: &[dash::Rendition],
         written: &Arc<Mutex<Vec<(String, String)>>>,
         cancel: CancellationToken,
+        progress: Arc<dash::Progress>,
     ) -> Result<(), ReaderError> {
         let (tx, rx) = tokio::sync::mpsc::channel::<PathBuf>(64);
         let transcode = async {
-            let r = dash::transcode(
+            let r = dash::transcode_reporting(
                 input,
                 work_dir,
                 ladder,
@@ -329,6 +357,7 @@ impl VideoSink {
                 &self.limits.video,
                 tx,
                 cancel.clone(),
+                progress,
             )
             .await;
             if r.is_err() {
@@ -439,8 +468,8 @@ impl VideoSink {
         if !common::protocol::is_valid_upload_id(id) {
             return Err(ReaderError::BadUploadId);
         }
-        if let Some(token) = self.running().get(id) {
-            token.cancel();
+        if let Some(r) = self.running().get(id) {
+            r.cancel.cancel();
         }
         let p = self.pending().remove(id);
         match p {

@@ -115,6 +115,7 @@ impl Cluster {
                     ),
                     files: Vec::new(),
                     digests: Default::default(),
+                    progress_percent: None,
                     ..v.clone()
                 };
                 self.meta.put_video(&failed).await?;

@@ -163,8 +163,12 @@ async fn watch(State(engine): State<Engine>, Path(id): Path<String>) -> Response
             pages::message(
                 "Still processing",
                 &format!(
-                    "“{id}” is still processing: it is being transcoded and is not playable yet. This page reloads \
-                     every {PROCESSING_REFRESH_SECS} seconds and shows the player once it is ready."
+                    "“{id}” is still processing: it is being transcoded{} and is not playable yet. This page \
+                     reloads every {PROCESSING_REFRESH_SECS} seconds and shows the player once it is ready.",
+                    video
+                        .progress_percent
+                        .map(|p| format!(" ({p}% done)"))
+                        .unwrap_or_default()
                 ),
                 Some(PROCESSING_REFRESH_SECS),
             ),

@@ -125,7 +125,15 @@ fn status_cell(v: &VideoRecord) -> String {
         let why = v.error.as_deref().unwrap_or("no reason recorded");
         let _ = write!(cell, r#" <span class="error-text">{}</span>"#, escape(why));
     } else if status == VideoRecord::PROCESSING {
-        cell.push_str(r#" <span class="hint">transcoding; not playable yet</span>"#);
+        match v.progress_percent {
+            Some(p) => {
+                let _ = write!(
+                    cell,
+                    r#" <span class="progress" data-progress="{p}">{p}%</span> <span class="hint">transcoding; not playable yet</span>"#
+                );
+            }
+            None => cell.push_str(r#" <span class="hint">transcoding; not playable yet</span>"#),
+        }
     }
     cell
 }
@@ -285,6 +293,7 @@ mod tests {
             files: vec!["manifest.mpd".into()],
             error: None,
             digests: Default::default(),
+            progress_percent: None,
         }
     }
 

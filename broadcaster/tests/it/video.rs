@@ -53,6 +53,11 @@ struct Site {
 
 impl Site {
     fn start() -> Site {
+        Site::start_with_preset("ultrafast")
+    }
+
+    /// The site with the dash reader's x264 `preset` (a slower one makes a transcode take a while).
+    fn start_with_preset(preset: &str) -> Site {
         let dir = scratch_dir("video-");
         let db = format!("sqlite:{}", dir.path().join("meta.db").display());
         let nodes: Vec<Node> = (0..3)
@@ -71,7 +76,7 @@ impl Site {
         let dash = Reader::start_with(&[
             ("READER_SINK", "dash"),
             ("READER_METADATA", &db),
-            ("READER_FFMPEG_PRESET", "ultrafast"),
+            ("READER_FFMPEG_PRESET", preset),
         ]);
         let broadcaster = start_broadcaster(&[disk.target(), dash.target()], &env);
         Site {
@@ -273,6 +278,87 @@ async fn a_video_uploaded_through_the_form_becomes_playable_and_stays_so() {
     // The broadcaster restarts: the catalogue and the files are still there.
     site.restart_broadcaster();
     assert_playable(&site, "clip").await;
+}
+
+/// The `data-progress` percentage of video `id`'s row on the index, and its status.
+fn index_row(page: &str, id: &str) -> Option<(String, Option<u8>)> {
+    let row = page
+        .lines()
+        .find(|l| l.contains(&format!(r#"data-video-id="{id}""#)))?;
+    let attr = |name: &str| {
+        let start = row.find(&format!(r#"{name}=""#))? + name.len() + 2;
+        Some(row[start..].split('"').next()?.to_owned())
+    };
+    Some((
+        attr("data-status")?,
+        attr("data-progress").and_then(|p| p.parse().ok()),
+    ))
+}
+
+/// While a video is transcoded the index shows how far it is (ffmpeg's progress, asked of the dash reader
+/// every second), never going back and never 100 before it is ready; once ready, no percentage is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_index_shows_how_far_a_transcode_is() {
+    // A slower x264 preset, so the transcode takes several seconds even on a fast machine.
+    let site = Site::start_with_preset("medium");
+    let media = scratch_dir("clips-");
+    let clip = std::fs::read(make_clip(media.path(), "slow.mp4", 10, "1280x720")).expect("clip");
+    let finished = std::sync::atomic::AtomicBool::new(false);
+    let client = no_redirects();
+    let watch = async {
+        let mut seen: Vec<(String, Option<u8>)> = Vec::new();
+        while !finished.load(std::sync::atomic::Ordering::SeqCst) {
+            if let Ok(r) = client.get(site.url("/")).send().await {
+                if let Some(row) = index_row(&r.text().await.unwrap_or_default(), "slow") {
+                    if seen.last() != Some(&row) {
+                        seen.push(row);
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        seen
+    };
+    let post = async {
+        let started = std::time::Instant::now();
+        let r = upload(&site, "slow.mp4", &clip).await;
+        eprintln!(
+            "[video] POST /upload of a 10 s 720p clip with preset medium took {:?}",
+            started.elapsed()
+        );
+        finished.store(true, std::sync::atomic::Ordering::SeqCst);
+        r
+    };
+    let (seen, (status, body, _)) = tokio::join!(watch, post);
+    eprintln!("[video] the index showed {seen:?}");
+    assert_eq!(status, 303, "{body}");
+    let percents: Vec<u8> = seen.iter().filter_map(|(_, p)| *p).collect();
+    assert!(
+        !percents.is_empty(),
+        "the index never showed a percentage while the video was processing: {seen:?}"
+    );
+    assert!(
+        seen.iter().all(|(s, p)| p.is_none() || s == "processing"),
+        "only a processing video shows a percentage: {seen:?}"
+    );
+    assert!(
+        percents.windows(2).all(|w| w[0] <= w[1]) && percents.iter().all(|&p| p <= 99),
+        "the percentage went back or reached 100 before the video was ready: {percents:?}"
+    );
+    let page = client
+        .get(site.url("/"))
+        .send()
+        .await
+        .expect("index")
+        .text()
+        .await
+        .expect("index body");
+    assert_eq!(
+        index_row(&page, "slow"),
+        Some(("ready".to_owned(), None)),
+        "a ready video is listed without a percentage"
+    );
+    assert_playable(&site, "slow").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -61,6 +61,7 @@ fn video(id: &str, status: &str, created_unix_ms: u64) -> VideoRecord {
         files: vec!["manifest.mpd".into()],
         error: None,
         digests: Default::default(),
+        progress_percent: None,
     }
 }
 

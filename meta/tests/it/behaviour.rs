@@ -31,6 +31,7 @@ pub fn video(id: &str, created_unix_ms: u64) -> VideoRecord {
         files: vec![],
         error: None,
         digests: Default::default(),
+        progress_percent: None,
     }
 }
 

@@ -68,13 +68,18 @@ fn build(
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| (*s).to_owned()));
 
     // -nostdin: ffmpeg would otherwise read keystrokes from our stdin. -loglevel error keeps stderr to what
-    // explains a failure (its tail goes into DashError::Ffmpeg); -nostats drops the progress lines.
+    // explains a failure (its tail goes into DashError::Ffmpeg); -nostats drops the progress lines there.
+    // -progress pipe:1 reports how far the transcode is on stdout instead, as key=value lines each second.
     push(&[
         "-hide_banner",
         "-nostdin",
         "-nostats",
         "-loglevel",
         "error",
+        "-progress",
+        "pipe:1",
+        "-stats_period",
+        "1",
         "-y",
     ]);
     let input_url = format!("file:{}", input.to_string_lossy());
@@ -261,7 +266,8 @@ mod tests {
         let joined = a.join(" ");
         assert!(
             joined.starts_with(
-                "-hide_banner -nostdin -nostats -loglevel error -y -protocol_whitelist file -f mov \
+                "-hide_banner -nostdin -nostats -loglevel error -progress pipe:1 -stats_period 1 -y \
+                 -protocol_whitelist file -f mov \
                  -enable_drefs 0 -i file:/in/x "
             ),
             "{joined}"

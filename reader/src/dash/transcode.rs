@@ -3,10 +3,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
-use tokio::process::{Child, ChildStderr, Command};
+use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -24,6 +26,67 @@ const POLL: Duration = Duration::from_millis(150);
 const STDERR_TAIL: usize = 2048;
 /// Largest manifest accepted when validating (ffmpeg's are a few KiB).
 const MAX_MANIFEST: u64 = 4 << 20;
+
+/// Longest line of ffmpeg's `-progress` output that is read (its `key=value` lines are a few dozen bytes).
+const PROGRESS_LINE: usize = 256;
+
+/// How far a running [`transcode_reporting`] is, from ffmpeg's `-progress` reports.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// The source's length as probed, microseconds; 0 until known.
+    duration_us: AtomicU64,
+    /// Output time ffmpeg reported last, microseconds.
+    out_us: AtomicU64,
+}
+
+impl Progress {
+    /// Percent of the source transcoded, 0 to 99 while ffmpeg runs (100 is for the caller to say once the
+    /// files are stored); `None` before ffmpeg reported anything.
+    pub fn percent(&self) -> Option<f64> {
+        let total = self.duration_us.load(Ordering::Relaxed);
+        let done = self.out_us.load(Ordering::Relaxed);
+        (total > 0 && done > 0).then(|| (done as f64 * 100.0 / total as f64).clamp(0.0, 99.0))
+    }
+
+    /// Takes one line of `-progress` output: `out_time_us=N` moves the output time forward (never back;
+    /// ffmpeg prints `N/A` before the first frame).
+    fn note(&self, line: &str) {
+        if let Some(us) = line
+            .trim()
+            .strip_prefix("out_time_us=")
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            self.out_us.fetch_max(us, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Reads ffmpeg's `-progress` lines from `out` into `progress` until ffmpeg closes it; a line longer than
+/// [`PROGRESS_LINE`] is skipped, so a misbehaving child cannot make this buffer grow.
+async fn read_progress(mut out: ChildStdout, progress: Arc<Progress>) {
+    let mut line: Vec<u8> = Vec::with_capacity(PROGRESS_LINE);
+    let mut skipping = false;
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = match out.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        for &b in &chunk[..n] {
+            if b == b'\n' {
+                if !skipping {
+                    progress.note(&String::from_utf8_lossy(&line));
+                }
+                line.clear();
+                skipping = false;
+            } else if line.len() < PROGRESS_LINE {
+                line.push(b);
+            } else {
+                skipping = true;
+            }
+        }
+    }
+}
 
 /// What a successful [`transcode`] produced.
 #[derive(Debug, Clone)]
@@ -255,6 +318,22 @@ pub async fn transcode(
     done: mpsc::Sender<PathBuf>,
     cancel: CancellationToken,
 ) -> Result<TranscodeReport, DashError> {
+    let progress = Arc::new(Progress::default());
+    transcode_reporting(input, out_dir, ladder, opts, limits, done, cancel, progress).await
+}
+
+/// [`transcode`], reporting how far it is in `progress` as it goes.
+#[allow(clippy::too_many_arguments)]
+pub async fn transcode_reporting(
+    input: &Path,
+    out_dir: &Path,
+    ladder: &[Rendition],
+    opts: &TranscodeOptions,
+    limits: &Limits,
+    done: mpsc::Sender<PathBuf>,
+    cancel: CancellationToken,
+    progress: Arc<Progress>,
+) -> Result<TranscodeReport, DashError> {
     let started = Instant::now();
     if ladder.is_empty() {
         return Err(DashError::Invalid("the ladder has no renditions".into()));
@@ -269,6 +348,10 @@ pub async fn transcode(
         d = probe_detail(input, limits) => d?,
     };
     let limit = limits.timeout.for_duration(detail.probe.duration());
+    progress.duration_us.store(
+        detail.probe.duration().as_micros() as u64,
+        Ordering::Relaxed,
+    );
     let deadline = started + limit;
 
     let mut child = Command::new("ffmpeg")
@@ -280,7 +363,7 @@ pub async fn transcode(
             opts,
         ))
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .process_group(0)
@@ -290,6 +373,12 @@ pub async fn transcode(
             source,
         })?;
     let mut group = ProcessGroup(child.id());
+    // stdout carries the `-progress` reports; like stderr it is drained concurrently (a full pipe would
+    // block ffmpeg), and the reader ends with the pipe or when the transcode is dropped.
+    let _progress = child
+        .stdout
+        .take()
+        .map(|o| AbortOnDrop(tokio::spawn(read_progress(o, progress))));
     // stderr is drained concurrently: a full pipe would block ffmpeg.
     let tail = child
         .stderr
@@ -668,6 +757,53 @@ async fn validate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn progress_follows_out_time_and_stays_below_100() {
+        let p = Progress::default();
+        assert_eq!(p.percent(), None, "nothing known yet");
+        p.duration_us.store(20_000_000, Ordering::Relaxed);
+        p.note("out_time_us=N/A");
+        assert_eq!(p.percent(), None, "ffmpeg says N/A before the first frame");
+        p.note("out_time_us=5000000");
+        assert_eq!(p.percent(), Some(25.0));
+        // Never back, whatever a line says; junk is ignored.
+        for line in [
+            "out_time_us=1000",
+            "out_time_us=-5",
+            "out_time_us=",
+            "bitrate=100kbits/s",
+            "progress=continue",
+        ] {
+            p.note(line);
+        }
+        assert_eq!(p.percent(), Some(25.0));
+        // The output may run a little past the probed length: still not 100 until the files are stored.
+        p.note("out_time_us=21000000");
+        assert_eq!(p.percent(), Some(99.0));
+    }
+
+    /// ffmpeg's `-progress` stream, read as a child writes it: lines cut anywhere, an overlong line skipped
+    /// without growing the buffer, and the last complete `out_time_us` kept.
+    #[tokio::test]
+    async fn progress_is_read_from_a_child_pipe() {
+        let long = "x".repeat(10 * PROGRESS_LINE);
+        let script = format!(
+            "printf 'frame=1\\nout_time_us=1000000\\n{long}out_time_us=9000000\\nout_time_us=3000000\\nprogress=end\\n'"
+        );
+        let mut child = Command::new("sh")
+            .args(["-c", &script])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("sh");
+        let progress = Arc::new(Progress::default());
+        progress.duration_us.store(10_000_000, Ordering::Relaxed);
+        let out = child.stdout.take().expect("stdout");
+        read_progress(out, progress.clone()).await;
+        let _ = child.wait().await;
+        // The overlong line (with the 9 s inside it) is skipped; 3 s is the furthest complete report.
+        assert_eq!(progress.percent(), Some(30.0));
+    }
 
     #[test]
     fn output_names_round_trip() {
