@@ -160,8 +160,8 @@ impl VideoSink {
         self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// How far the transcode of upload `id` is: 0 while it is received, probed or queued, then ffmpeg's
-    /// progress; `None` for an upload this sink is not transcoding.
+    /// How far the transcode of upload `id` is: 0 once its body is staged, while it is probed or queued,
+    /// then ffmpeg's progress; `None` for an upload this sink is not transcoding.
     pub fn progress(&self, id: &str) -> Option<common::protocol::ProgressReport> {
         let running = self.running();
         let r = running.get(id)?;

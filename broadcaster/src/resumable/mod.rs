@@ -702,6 +702,8 @@ async fn complete(
     } else {
         None
     };
+    // The dash reader transcodes when it stages the whole upload (`finish`), under the upload's id.
+    let watch = job.as_ref().map(|j| j.watch_progress(engine, &upload.id));
     engine
         .finish_lanes(
             &mut lanes,
@@ -729,6 +731,9 @@ async fn complete(
             },
         )
         .await;
+    if let Some(w) = watch {
+        w.stop().await;
+    }
     let video_result = match job {
         Some(job) => job.end(&done).await,
         None => Ok(()),
