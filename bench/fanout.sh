@@ -324,22 +324,29 @@ new_id() { od -An -N16 -tx1 /dev/urandom | tr -d ' \n'; }
 # ---------------------------------------------------------------------------------------------------------------
 # the measurements
 
-run_fanout() { # run_fanout LABEL BYTES FILE SHA N REPEAT
-    local label=$1 bytes=$2 file=$3 sha=$4 n=$5 rep=$6
-    local name="fanout-$label-n$n-r$rep.bin" summary="$WORK/summaries/fanout-$label-n$n-r$rep.json"
-    local port=${BPORT[$n]} bpid=${BPID[$n]} readers=() i out rc=0 code t verdict err="" bh rh
+run_fanout() { # run_fanout LABEL BYTES FILE SHA N REPEAT [METHOD]: METHOD fanout (PUT, default) or multipart (POST)
+    local label=$1 bytes=$2 file=$3 sha=$4 n=$5 rep=$6 method=${7:-fanout}
+    local name="$method-$label-n$n-r$rep.bin" summary="$WORK/summaries/$method-$label-n$n-r$rep.json"
+    local port=${BPORT[$n]} bpid=${BPID[$n]} readers=() i out rc=0 code t verdict err="" bh rh want
     for ((i = 1; i <= n; i++)); do readers+=("${RPID[i]}"); done
-    alive "$bpid" || { record "$label" "$bytes" fanout "$n" "$rep" 0 "" "" "" "" "broadcaster ($n targets) is not running" ""; return; }
+    alive "$bpid" || { record "$label" "$bytes" "$method" "$n" "$rep" 0 "" "" "" "" "broadcaster ($n targets) is not running" ""; return; }
     sync
     reset_hwm "$bpid" "${readers[@]}"
-    out=$(curl -sS -m "$CURL_MAX_TIME" -T "$file" "http://127.0.0.1:$port/broadcast/$name" -o "$summary" \
-        -w '%{http_code} %{time_total}') || rc=$?
+    if [[ $method == multipart ]]; then
+        want=200
+        out=$(curl -sS -m "$CURL_MAX_TIME" -F "file=@$file;filename=$name;type=application/octet-stream" \
+            "http://127.0.0.1:$port/broadcast" -o "$summary" -w '%{http_code} %{time_total}') || rc=$?
+    else
+        want=201
+        out=$(curl -sS -m "$CURL_MAX_TIME" -T "$file" "http://127.0.0.1:$port/broadcast/$name" -o "$summary" \
+            -w '%{http_code} %{time_total}') || rc=$?
+    fi
     bh=$(hwm_kib "$bpid")
     rh=$(max_hwm_kib "${readers[@]}")
     read -r code t <<<"$out"
     if ((rc != 0)); then
         err="curl exit $rc ($out)"
-    elif [[ $code != 201 ]]; then
+    elif [[ $code != "$want" ]]; then
         err="HTTP $code: $(head -c 400 "$summary" 2>/dev/null | tr '\n' ' ')"
     elif ! verdict=$("$PY" "$REPORT" check-summary "$summary" "$bytes" "$sha" "$n"); then
         err="summary: $verdict"
@@ -355,48 +362,10 @@ run_fanout() { # run_fanout LABEL BYTES FILE SHA N REPEAT
         rm -f "${RDIR[i]}/files/$name"
     done
     if [[ -n $err ]]; then
-        record "$label" "$bytes" fanout "$n" "$rep" 0 "${t:-}" "" "$bh" "$rh" "$err" ""
+        record "$label" "$bytes" "$method" "$n" "$rep" 0 "${t:-}" "" "$bh" "$rh" "$err" ""
     else
-        record "$label" "$bytes" fanout "$n" "$rep" 1 "$t" "$(mbps "$bytes" "$t")" "$bh" "$rh" "" ""
-        log "fan-out   $label to $n: $(mbps "$bytes" "$t") MB/s (${t}s), broadcaster VmHWM ${bh} KiB, max reader VmHWM ${rh} KiB"
-    fi
-}
-
-run_multipart() { # run_multipart LABEL BYTES FILE SHA N REPEAT: like run_fanout, through POST /broadcast (multipart)
-    local label=$1 bytes=$2 file=$3 sha=$4 n=$5 rep=$6
-    local name="multipart-$label-n$n-r$rep.bin" summary="$WORK/summaries/multipart-$label-n$n-r$rep.json"
-    local port=${BPORT[$n]} bpid=${BPID[$n]} readers=() i out rc=0 code t verdict err="" bh rh
-    for ((i = 1; i <= n; i++)); do readers+=("${RPID[i]}"); done
-    alive "$bpid" || { record "$label" "$bytes" multipart "$n" "$rep" 0 "" "" "" "" "broadcaster ($n targets) is not running" ""; return; }
-    sync
-    reset_hwm "$bpid" "${readers[@]}"
-    out=$(curl -sS -m "$CURL_MAX_TIME" -F "file=@$file;filename=$name;type=application/octet-stream" \
-        "http://127.0.0.1:$port/broadcast" -o "$summary" -w '%{http_code} %{time_total}') || rc=$?
-    bh=$(hwm_kib "$bpid")
-    rh=$(max_hwm_kib "${readers[@]}")
-    read -r code t <<<"$out"
-    if ((rc != 0)); then
-        err="curl exit $rc ($out)"
-    elif [[ $code != 200 ]]; then
-        err="HTTP $code: $(head -c 400 "$summary" 2>/dev/null | tr '\n' ' ')"
-    elif ! verdict=$("$PY" "$REPORT" check-summary "$summary" "$bytes" "$sha" "$n"); then
-        err="summary: $verdict"
-    else
-        for ((i = 1; i <= n; i++)); do
-            verdict=$(check_copy "${RDIR[i]}/files/$name" "$bytes" "$sha") || { err="reader $i: $verdict"; break; }
-        done
-    fi
-    for ((i = 1; i <= n; i++)); do
-        local left
-        left=$(staging_leftovers "${RDIR[i]}")
-        [[ -z $left ]] || log "note: reader $i staging not empty after a committed upload: $(echo "$left" | tr '\n' ' ')"
-        rm -f "${RDIR[i]}/files/$name"
-    done
-    if [[ -n $err ]]; then
-        record "$label" "$bytes" multipart "$n" "$rep" 0 "${t:-}" "" "$bh" "$rh" "$err" ""
-    else
-        record "$label" "$bytes" multipart "$n" "$rep" 1 "$t" "$(mbps "$bytes" "$t")" "$bh" "$rh" "" ""
-        log "multipart $label to $n: $(mbps "$bytes" "$t") MB/s (${t}s), broadcaster VmHWM ${bh} KiB, max reader VmHWM ${rh} KiB"
+        record "$label" "$bytes" "$method" "$n" "$rep" 1 "$t" "$(mbps "$bytes" "$t")" "$bh" "$rh" "" ""
+        log "$(printf '%-9s' "$method") $label to $n: $(mbps "$bytes" "$t") MB/s (${t}s), broadcaster VmHWM ${bh} KiB, max reader VmHWM ${rh} KiB"
     fi
 }
 
@@ -551,7 +520,7 @@ for spec in "${SIZE_LIST[@]}"; do
     for ((rep = 1; rep <= REPEAT; rep++)); do
         for n in "${COUNTS[@]}"; do
             run_fanout "$label" "$bytes" "$file" "$sha" "$n" "$rep"
-            if ((MULTIPART && n == PRIMARY)); then run_multipart "$label" "$bytes" "$file" "$sha" "$n" "$rep"; fi
+            if ((MULTIPART && n == PRIMARY)); then run_fanout "$label" "$bytes" "$file" "$sha" "$n" "$rep" multipart; fi
         done
         run_direct "$label" "$bytes" "$file" "$sha" "$rep"
         run_oneliner "$label" "$bytes" "$file" "$sha" "$PRIMARY" "$rep"

@@ -460,6 +460,18 @@ def write_svg(path, sizes, labels, agg, primary_n, counts, subtitle):
 # report
 
 
+def ratio_goal(what, goal, pairs):
+    """Prints the PASS/FAIL line of a ratio goal over (size label, ratio or None) pairs; False if none measured."""
+    measured = [(l, r) for l, r in pairs if r is not None]
+    if not measured:
+        return False
+    worst = min(measured, key=lambda t: t[1])
+    verdict = "PASS" if all(r >= goal for _, r in measured) else "FAIL"
+    print("  %s  %s >= %.1f: %s" % (verdict, what, goal, ", ".join("%s %.2f" % (l, r) for l, r in measured))
+          + ("  (worst %s %.2f)" % worst if len(measured) > 1 else ""))
+    return True
+
+
 def cmd_report(raw_path, out_dir, primary_n):
     primary_n = int(primary_n)
     rows = load_raw(raw_path)
@@ -560,27 +572,13 @@ def cmd_report(raw_path, out_dir, primary_n):
     print()
     print("Goals (DESIGN.md section 5 as raised by issue 11 part 5; informational, a miss does not fail the script):")
     ratios = [(labels[s], ratio(get(s, "fanout", primary_n, "mbps"), get(s, "direct", 0, "mbps"))) for s in sizes]
-    ratios_ok = [(l, r) for l, r in ratios if r is not None]
-    if ratios_ok:
-        worst = min(ratios_ok, key=lambda t: t[1])
-        verdict = "PASS" if all(r >= GOAL_RATIO for _, r in ratios_ok) else "FAIL"
-        print("  %s  fan-out/direct >= %.1f: %s" % (verdict, GOAL_RATIO,
-                                                     ", ".join("%s %.2f" % (l, r) for l, r in ratios_ok))
-              + ("  (worst %s %.2f)" % worst if len(ratios_ok) > 1 else ""))
-    else:
+    if not ratio_goal("fan-out/direct", GOAL_RATIO, ratios):
         print("  n/a   fan-out/direct >= %.1f: no successful pair of measurements" % GOAL_RATIO)
     mp = [(labels[s], ratio(get(s, "multipart", primary_n, "mbps"), get(s, "fanout", primary_n, "mbps")))
           for s in sizes]
-    mp_ok = [(l, r) for l, r in mp if r is not None]
-    if mp_ok:
-        worst = min(mp_ok, key=lambda t: t[1])
-        verdict = "PASS" if all(r >= GOAL_MULTIPART_RATIO for _, r in mp_ok) else "FAIL"
-        print("  %s  multipart/PUT >= %.1f: %s" % (verdict, GOAL_MULTIPART_RATIO,
-                                                    ", ".join("%s %.2f" % (l, r) for l, r in mp_ok))
-              + ("  (worst %s %.2f)" % worst if len(mp_ok) > 1 else ""))
-        if len(mp_ok) < len(sizes):
-            print("        (not measured at every size: %s missing)"
-                  % ", ".join(l for l, r in mp if r is None))
+    if ratio_goal("multipart/PUT", GOAL_MULTIPART_RATIO, mp):
+        if any(r is None for _, r in mp):
+            print("        (not measured at every size: %s missing)" % ", ".join(l for l, r in mp if r is None))
     elif has_mp:
         print("  n/a   multipart/PUT >= %.1f: no successful pair of measurements" % GOAL_MULTIPART_RATIO)
     else:

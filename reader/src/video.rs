@@ -349,7 +349,7 @@ impl VideoSink {
     ) -> Result<(), ReaderError> {
         let (tx, rx) = tokio::sync::mpsc::channel::<PathBuf>(64);
         let transcode = async {
-            let r = dash::transcode_reporting(
+            let r = dash::transcode(
                 input,
                 work_dir,
                 ladder,

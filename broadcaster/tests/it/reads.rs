@@ -33,18 +33,27 @@ enum Meddling {
     HoldTail(Arc<tokio::sync::Semaphore>),
     /// Flips the byte at this offset of the blob, when a reply covers it.
     FlipAt(u64),
+    /// Answers a range request with the whole blob (200), as a node that ignores `Range` would.
+    IgnoreRange,
+    /// Says this in a window table's `X-Blob-Length` (`None`: leaves the header out).
+    BlobLength(Option<&'static str>),
+    /// Ends every payload reply after this many bytes, though its `Content-Length` promised more.
+    CutAfter(u64),
+    /// Flips the first byte of every window table.
+    DamageTable,
 }
 
 #[derive(Clone)]
 struct Proxy {
     upstream: SocketAddr,
-    meddling: Meddling,
+    meddling: Arc<std::sync::Mutex<Meddling>>,
     http: reqwest::Client,
     meddled: Arc<AtomicUsize>,
 }
 
 /// Relays one request to the node, streaming the reply back.
 async fn relay(State(p): State<Proxy>, req: Request) -> Response {
+    let meddling = p.meddling.lock().expect("meddling").clone();
     let (parts, body) = req.into_parts();
     let pq = parts
         .uri
@@ -54,12 +63,23 @@ async fn relay(State(p): State<Proxy>, req: Request) -> Response {
     let body = axum::body::to_bytes(body, usize::MAX)
         .await
         .unwrap_or_default();
+    let payload_get = parts.method == axum::http::Method::GET
+        && pq.starts_with("/v1/blobs/")
+        && !pq.contains('?');
+    let table_get = parts.method == axum::http::Method::GET && pq.ends_with("?windows=1");
     let mut out = p
         .http
         .request(parts.method.clone(), format!("http://{}{pq}", p.upstream));
     for (k, v) in &parts.headers {
-        if ![header::HOST, header::CONTENT_LENGTH, header::CONNECTION].contains(k) {
+        let skipped = [header::HOST, header::CONTENT_LENGTH, header::CONNECTION].contains(k)
+            || (payload_get && k == header::RANGE && matches!(meddling, Meddling::IgnoreRange));
+        if !skipped {
             out = out.header(k, v);
+        }
+    }
+    if payload_get && parts.headers.contains_key(header::RANGE) {
+        if let Meddling::IgnoreRange = meddling {
+            p.meddled.fetch_add(1, Ordering::SeqCst);
         }
     }
     let resp = match out.body(body).send().await {
@@ -67,11 +87,18 @@ async fn relay(State(p): State<Proxy>, req: Request) -> Response {
         Err(e) => return (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
     };
     let status = resp.status();
-    let headers = resp.headers().clone();
-    let payload = parts.method == axum::http::Method::GET
-        && pq.starts_with("/v1/blobs/")
-        && !pq.contains('?')
-        && status.is_success();
+    let mut headers = resp.headers().clone();
+    let payload = payload_get && status.is_success();
+    let table = table_get && status.is_success();
+    if table {
+        if let Meddling::BlobLength(lie) = &meddling {
+            match lie {
+                Some(v) => headers.insert("x-blob-length", v.parse().expect("header value")),
+                None => headers.remove("x-blob-length"),
+            };
+            p.meddled.fetch_add(1, Ordering::SeqCst);
+        }
+    }
     // Where the reply starts in the blob, from `Content-Range: bytes A-B/N`.
     let first = headers
         .get(header::CONTENT_RANGE)
@@ -97,8 +124,24 @@ async fn relay(State(p): State<Proxy>, req: Request) -> Response {
         while let Some(piece) = upstream.next().await {
             let Ok(piece) = piece else { return };
             let mut piece = piece.to_vec();
+            if table && at == 0 && !piece.is_empty() {
+                if let Meddling::DamageTable = meddling {
+                    piece[0] ^= 0x5a;
+                    meddled.fetch_add(1, Ordering::SeqCst);
+                }
+            }
             if payload {
-                match &p.meddling {
+                match &meddling {
+                    Meddling::CutAfter(n) => {
+                        if at + piece.len() as u64 > *n {
+                            piece.truncate(n.saturating_sub(at) as usize);
+                            meddled.fetch_add(1, Ordering::SeqCst);
+                            let _ = tx.send(Ok(Bytes::from(piece))).await;
+                            // Dropping the sender ends the body short of its Content-Length.
+                            return;
+                        }
+                    }
+                    Meddling::IgnoreRange | Meddling::BlobLength(_) | Meddling::DamageTable => {}
                     Meddling::FlipAt(offset) => {
                         let (a, b) = (first + at, first + at + piece.len() as u64);
                         if (a..b).contains(offset) {
@@ -153,6 +196,7 @@ fn tokio_stream_from(
 struct Relay {
     addr: SocketAddr,
     meddled: Arc<AtomicUsize>,
+    meddling: Arc<std::sync::Mutex<Meddling>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -160,9 +204,10 @@ impl Relay {
     async fn start(node: &Node, meddling: Meddling) -> Relay {
         let upstream = node.proc.as_ref().expect("running").addr;
         let meddled = Arc::new(AtomicUsize::new(0));
+        let meddling = Arc::new(std::sync::Mutex::new(meddling));
         let state = Proxy {
             upstream,
-            meddling,
+            meddling: meddling.clone(),
             http: reqwest::Client::builder()
                 .no_proxy()
                 .redirect(reqwest::redirect::Policy::none())
@@ -181,8 +226,14 @@ impl Relay {
         Relay {
             addr,
             meddled,
+            meddling,
             task,
         }
+    }
+
+    /// From now on, meddles so.
+    fn set(&self, meddling: Meddling) {
+        *self.meddling.lock().expect("meddling") = meddling;
     }
 }
 
@@ -337,4 +388,117 @@ async fn windows_read_once_are_served_from_memory_while_the_cache_holds_them() {
         got[..] == data[..],
         "the cached file differs from the upload"
     );
+}
+
+/// Reads `name` whole and in two ranges; the bodies, or how the reads failed.
+async fn read_all_ways(
+    bc: &Broadcaster,
+    name: &str,
+    len: usize,
+) -> Vec<(String, u16, Result<Vec<u8>, String>)> {
+    let mut out = Vec::new();
+    for range in [
+        None,
+        Some((70_000usize, 200_000usize)),
+        Some((len - 10, len - 1)),
+    ] {
+        let mut req = client().get(bc.url(&format!("/files/{name}")));
+        if let Some((a, b)) = range {
+            req = req.header("Range", format!("bytes={a}-{b}"));
+        }
+        let what = match range {
+            None => "whole".to_owned(),
+            Some((a, b)) => format!("bytes {a}-{b}"),
+        };
+        let resp = req.send().await.expect("GET");
+        let status = resp.status().as_u16();
+        let body = resp
+            .bytes()
+            .await
+            .map(|b| b.to_vec())
+            .map_err(|e| e.to_string());
+        out.push((what, status, body));
+    }
+    out
+}
+
+/// The bytes a read of `what` should give.
+fn expected<'a>(data: &'a [u8], what: &str) -> &'a [u8] {
+    match what.strip_prefix("bytes ") {
+        None => data,
+        Some(r) => {
+            let (a, b) = r.split_once('-').expect("a range");
+            let (a, b): (usize, usize) = (a.parse().expect("from"), b.parse().expect("to"));
+            &data[a..=b]
+        }
+    }
+}
+
+/// A storage node is a peer, not a trusted disk: whatever one answers (the whole blob to a range request, a
+/// wrong or missing length with a window table, a damaged table, a body cut short), a read takes nothing
+/// unchecked from it. With an honest replica beside it every read is byte-exact; with every replica
+/// answering so, a read fails, and what it sent before failing is still the file's own bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_node_replies_never_reach_a_reader() {
+    let modes: [(&str, Meddling); 6] = [
+        (
+            "a 200 with the whole blob to a range request",
+            Meddling::IgnoreRange,
+        ),
+        ("no X-Blob-Length", Meddling::BlobLength(None)),
+        (
+            "an X-Blob-Length of 2^60",
+            Meddling::BlobLength(Some("1152921504606846976")),
+        ),
+        (
+            "an X-Blob-Length one byte short",
+            Meddling::BlobLength(Some("1048575")),
+        ),
+        ("a damaged window table", Meddling::DamageTable),
+        (
+            "payloads cut after 100 000 bytes",
+            Meddling::CutAfter(100_000),
+        ),
+    ];
+    let data = gen_bytes(14, CHUNK + 70_000);
+    for (what, mode) in modes {
+        let dir = scratch_dir("reads-");
+        let nodes: Vec<Node> = (0..2)
+            .map(|i| Node::start(&dir.path().join(format!("n{i}")), 0))
+            .collect();
+        // One hostile replica, one honest one: every read is exact.
+        let hostile = Relay::start(&nodes[0], mode.clone()).await;
+        let honest = Relay::start(&nodes[1], Meddling::FlipAt(u64::MAX)).await;
+        let bc = broadcaster_behind(dir.path(), &[&nodes[0], &nodes[1]], &[&hostile, &honest], 2);
+        upload(&bc, "f.bin", &data).await;
+        for (read, status, body) in read_all_ways(&bc, "f.bin", data.len()).await {
+            let body = body.unwrap_or_else(|e| panic!("{what}, read {read}: the body failed: {e}"));
+            assert!(
+                (200..300).contains(&status) && body[..] == *expected(&data, &read),
+                "{what}, read {read}: status {status}, {} bytes that differ from the file",
+                body.len()
+            );
+        }
+        drop(bc);
+
+        // Both replicas answer so (a fresh broadcaster: nothing cached): no read may pass off other bytes.
+        honest.set(mode);
+        let bc = broadcaster_behind(dir.path(), &[&nodes[0], &nodes[1]], &[&hostile, &honest], 2);
+        for (read, status, body) in read_all_ways(&bc, "f.bin", data.len()).await {
+            let want = expected(&data, &read);
+            // A read may fail outright, or stop partway; a read that never needed what the proxies change
+            // may even succeed. What it did send is always the file's own bytes.
+            if let (Ok(b), true) = (body, (200..300).contains(&status)) {
+                assert!(
+                    want.starts_with(&b),
+                    "{what} from every replica, read {read}: {status} with {} bytes that are not the file's",
+                    b.len()
+                );
+            }
+        }
+        assert!(
+            hostile.meddled.load(Ordering::SeqCst) >= 1,
+            "{what}: the hostile proxy was never asked"
+        );
+    }
 }

@@ -68,7 +68,7 @@ pub use error::DashError;
 pub use ladder::{ladder, Rendition, RUNGS};
 pub use probe::{probe, probe_within, Probe};
 pub use thumbnail::{thumbnail, THUMBNAIL_WIDTH};
-pub use transcode::{transcode, transcode_reporting, Progress, TranscodeReport};
+pub use transcode::{transcode, Progress, TranscodeReport};
 
 /// The manifest's file name.
 pub const MANIFEST: &str = "manifest.mpd";

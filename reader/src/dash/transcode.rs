@@ -30,7 +30,7 @@ const MAX_MANIFEST: u64 = 4 << 20;
 /// Longest line of ffmpeg's `-progress` output that is read (its `key=value` lines are a few dozen bytes).
 const PROGRESS_LINE: usize = 256;
 
-/// How far a running [`transcode_reporting`] is, from ffmpeg's `-progress` reports.
+/// How far a running [`transcode`] is, from ffmpeg's `-progress` reports.
 #[derive(Debug, Default)]
 pub struct Progress {
     /// The source's length as probed, microseconds; 0 until known.
@@ -308,23 +308,9 @@ impl Drop for ProcessGroup {
 /// past the time limit; [`DashError::Ffmpeg`] when ffmpeg fails; [`DashError::Corrupt`] /
 /// [`DashError::NotVideo`] / [`DashError::Limit`] when the source or the output does not hold up. In every
 /// error case ffmpeg's process group is killed and ffmpeg reaped before this returns; dropping the future
-/// kills them too.
-pub async fn transcode(
-    input: &Path,
-    out_dir: &Path,
-    ladder: &[Rendition],
-    opts: &TranscodeOptions,
-    limits: &Limits,
-    done: mpsc::Sender<PathBuf>,
-    cancel: CancellationToken,
-) -> Result<TranscodeReport, DashError> {
-    let progress = Arc::new(Progress::default());
-    transcode_reporting(input, out_dir, ladder, opts, limits, done, cancel, progress).await
-}
-
-/// [`transcode`], reporting how far it is in `progress` as it goes.
+/// kills them too. How far it is goes into `progress` as ffmpeg reports it.
 #[allow(clippy::too_many_arguments)]
-pub async fn transcode_reporting(
+pub async fn transcode(
     input: &Path,
     out_dir: &Path,
     ladder: &[Rendition],

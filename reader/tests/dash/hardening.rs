@@ -196,6 +196,7 @@ async fn files_named_by_a_manifest_are_never_opened() {
                 &Limits::default(),
                 tx,
                 CancellationToken::new(),
+                Default::default(),
             ),
         )
         .await
@@ -382,6 +383,7 @@ async fn transcode_timeout_kills_the_process_group() {
                 &limits,
                 tx,
                 CancellationToken::new(),
+                Default::default(),
             )
             .await
         })

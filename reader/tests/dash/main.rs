@@ -65,6 +65,7 @@ async fn run(
         &Limits::default(),
         tx,
         CancellationToken::new(),
+        Default::default(),
     )
     .await;
     (result, collector.await.expect("collector"))
@@ -434,7 +435,17 @@ async fn cancel_kills_ffmpeg() {
     let task = {
         let (out, l, cancel) = (out.clone(), l.clone(), cancel.clone());
         tokio::spawn(async move {
-            transcode(input, &out, &l, &fast(), &Limits::default(), tx, cancel).await
+            transcode(
+                input,
+                &out,
+                &l,
+                &fast(),
+                &Limits::default(),
+                tx,
+                cancel,
+                Default::default(),
+            )
+            .await
         })
     };
     // Once a file has arrived, ffmpeg is certainly running.
@@ -489,6 +500,7 @@ async fn dropped_receiver_stops_ffmpeg() {
         &Limits::default(),
         tx,
         CancellationToken::new(),
+        Default::default(),
     )
     .await
     .expect_err("nobody listens");
