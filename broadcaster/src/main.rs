@@ -4,14 +4,9 @@
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-// Static musl builds (dist/release.sh): musl's malloc takes one lock for every allocation across threads
-// and cost the fan-out up to 40% of its throughput; mimalloc keeps glibc's. glibc builds keep glibc's.
-#[cfg(target_env = "musl")]
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    common::alloc::init();
     common::env::handle_args("broadcaster", || broadcaster::Config::from_env().map(drop));
     common::server::init_tracing();
     let config = broadcaster::Config::from_env().context("invalid configuration")?;

@@ -15,6 +15,7 @@
 //! - [`tls`]: server certificates reloaded when their files change; the CA bundle clients verify peers with.
 //! - [`limits`]: header and idle timeouts, the connection cap, HTTP/2 limits.
 
+pub mod alloc;
 pub mod blob_digest;
 pub mod cluster;
 pub mod digest;

@@ -9,14 +9,9 @@ use clap::{Arg, ArgAction, CommandFactory, FromArgMatches};
 use storage_node::admin_cli::{self, Cli, Command};
 use tokio_util::sync::CancellationToken;
 
-// Static musl builds (dist/release.sh): musl's malloc takes one lock for every allocation across threads
-// and cost the fan-out up to 40% of its throughput; mimalloc keeps glibc's. glibc builds keep glibc's.
-#[cfg(target_env = "musl")]
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
+    common::alloc::init();
     let matches = Cli::command()
         .args_conflicts_with_subcommands(true)
         .arg(
