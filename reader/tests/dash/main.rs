@@ -26,6 +26,27 @@ fn fast() -> TranscodeOptions {
     }
 }
 
+/// [`transcode`] with the fast options and default limits.
+async fn fast_transcode(
+    input: &Path,
+    out: &Path,
+    ladder: &[Rendition],
+    done: mpsc::Sender<PathBuf>,
+    cancel: CancellationToken,
+) -> Result<TranscodeReport, DashError> {
+    transcode(
+        input,
+        out,
+        ladder,
+        &fast(),
+        &Limits::default(),
+        done,
+        cancel,
+        Default::default(),
+    )
+    .await
+}
+
 /// A file received on the `done` channel: when, and how big it was at that moment.
 #[derive(Debug)]
 struct Arrival {
@@ -434,19 +455,7 @@ async fn cancel_kills_ffmpeg() {
     let cancel = CancellationToken::new();
     let task = {
         let (out, l, cancel) = (out.clone(), l.clone(), cancel.clone());
-        tokio::spawn(async move {
-            transcode(
-                input,
-                &out,
-                &l,
-                &fast(),
-                &Limits::default(),
-                tx,
-                cancel,
-                Default::default(),
-            )
-            .await
-        })
+        tokio::spawn(async move { fast_transcode(input, &out, &l, tx, cancel).await })
     };
     // Once a file has arrived, ffmpeg is certainly running.
     let first = tokio::time::timeout(Duration::from_secs(30), rx.recv())
@@ -492,18 +501,9 @@ async fn dropped_receiver_stops_ffmpeg() {
     let (tx, rx) = mpsc::channel::<PathBuf>(1);
     drop(rx);
     let started = Instant::now();
-    let err = transcode(
-        input,
-        &out,
-        &l,
-        &fast(),
-        &Limits::default(),
-        tx,
-        CancellationToken::new(),
-        Default::default(),
-    )
-    .await
-    .expect_err("nobody listens");
+    let err = fast_transcode(input, &out, &l, tx, CancellationToken::new())
+        .await
+        .expect_err("nobody listens");
     assert!(matches!(err, DashError::Cancelled), "{err}");
     assert!(started.elapsed() < Duration::from_secs(20));
     assert!(our_ffmpegs(&out.to_string_lossy()).is_empty());
