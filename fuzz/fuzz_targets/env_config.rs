@@ -90,6 +90,11 @@ fn check<T: std::fmt::Debug, E: std::fmt::Display>(service: &str, r: Result<T, E
 
 fuzz_target!(|data: &[u8]| {
     let vars = vars(data);
+    // The secret must not leak from the file it is read from. An input that types the same text into
+    // another variable (a host list, say) makes it no secret: an error may quote that variable's value.
+    if vars.iter().any(|(_, v)| v.contains(SECRET)) {
+        return;
+    }
     check("broadcaster", broadcaster::Config::from_vars(vars.clone()));
     check("reader", reader::Config::from_vars(vars.clone()));
     check("storage-node", storage_node::Config::from_vars(vars));
