@@ -10,13 +10,6 @@ use serde::{Deserialize, Serialize};
 /// Prefix of the stream protocol's routes.
 pub const UPLOADS_PATH: &str = "/v1/uploads";
 
-/// What a target reports once it staged a whole body: its length and at least one checksum, which the
-/// broadcaster compares with its own before it commits anything.
-///
-/// Readers report XXH3-128: it proves the staged bytes equal the streamed ones as well as SHA-256 would
-/// against accidental damage (truncation, a lost or repeated chunk, a flipped bit) at a twentieth of the CPU,
-/// and the CPU is what bounds fan-out on a small machine. Targets that keep SHA-256 anyway (storage nodes)
-/// report that.
 /// How far a target's stage of an upload is (`GET /v1/uploads/{id}/progress`): the dash reader's transcode.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ProgressReport {
@@ -24,6 +17,13 @@ pub struct ProgressReport {
     pub percent: f64,
 }
 
+/// What a target reports once it staged a whole body: its length and at least one checksum, which the
+/// broadcaster compares with its own before it commits anything.
+///
+/// Readers report XXH3-128: it proves the staged bytes equal the streamed ones as well as SHA-256 would
+/// against accidental damage (truncation, a lost or repeated chunk, a flipped bit) at a twentieth of the CPU,
+/// and the CPU is what bounds fan-out on a small machine. Targets that keep SHA-256 anyway (storage nodes)
+/// report that.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct StagedReport {
     /// Bytes staged.
