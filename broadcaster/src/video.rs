@@ -246,7 +246,13 @@ impl VideoJob {
                     () = stopped.cancelled() => break,
                     () = tokio::time::sleep(PROGRESS_EVERY) => {}
                 }
-                let Some(percent) = engine.progress_of(&upload_id).await else {
+                // A question still out when the upload ends is dropped (it only reads), so `stop` never
+                // waits for a slow target; a record write, once started, is always finished.
+                let asked = tokio::select! {
+                    () = stopped.cancelled() => break,
+                    p = engine.progress_of(&upload_id) => p,
+                };
+                let Some(percent) = asked else {
                     continue;
                 };
                 // 100 is for `end` to say, once every file is stored and the upload committed.
