@@ -305,6 +305,28 @@ async fn the_index_shows_how_far_a_transcode_is() {
     let clip = std::fs::read(make_clip(media.path(), "slow.mp4", 10, "1280x720")).expect("clip");
     let finished = std::sync::atomic::AtomicBool::new(false);
     let client = no_redirects();
+    // The readers' progress route: a malformed id gets a clear 400, an upload nobody transcodes a 404
+    // (on the dash reader as on the disk reader), each with an error body and nothing else.
+    let long = "a".repeat(300);
+    for (reader, id, want) in [
+        (&site.dash, "not%20an%20id", 400),
+        (&site.dash, long.as_str(), 400),
+        (&site.dash, "0123456789abcdef0123456789abcdef", 404),
+        (&site.disk, "0123456789abcdef0123456789abcdef", 404),
+    ] {
+        let r = client
+            .get(reader.url(&format!("/v1/uploads/{id}/progress")))
+            .send()
+            .await
+            .expect("progress");
+        let status = r.status().as_u16();
+        let body: serde_json::Value = r.json().await.expect("a JSON error body");
+        assert_eq!(status, want, "progress of {id}: {body}");
+        assert!(
+            body["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{body}"
+        );
+    }
     let watch = async {
         let mut seen: Vec<(String, Option<u8>)> = Vec::new();
         while !finished.load(std::sync::atomic::Ordering::SeqCst) {
