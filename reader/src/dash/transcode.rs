@@ -62,7 +62,8 @@ impl Progress {
 }
 
 /// Reads ffmpeg's `-progress` lines from `out` into `progress` until ffmpeg closes it; a line longer than
-/// [`PROGRESS_LINE`] is skipped, so a misbehaving child cannot make this buffer grow.
+/// [`PROGRESS_LINE`] is skipped, so a misbehaving child cannot make this buffer grow. (tokio-util's
+/// `LinesCodec` has the same length cap, but `FramedRead` ends the stream at the first overlong line.)
 async fn read_progress(mut out: ChildStdout, progress: Arc<Progress>) {
     let mut line: Vec<u8> = Vec::with_capacity(PROGRESS_LINE);
     let mut skipping = false;
