@@ -626,6 +626,32 @@ pub fn client() -> reqwest::Client {
         .expect("reqwest client")
 }
 
+/// The body of `GET url` as text; panics (naming `url`) if the request or the body fails.
+pub async fn get_text(url: &str) -> String {
+    client()
+        .get(url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .text()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: body: {e}"))
+}
+
+/// The sum of every sample of counter `name` in `b`'s `/metrics`; `None` when it has none.
+pub async fn metric(b: &Broadcaster, name: &str) -> Option<f64> {
+    let text = get_text(&b.url("/metrics")).await;
+    let labelled = format!("{name}{{");
+    let samples: Vec<f64> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(k, _)| *k == name || k.starts_with(&labelled))
+        .filter_map(|(_, v)| v.parse::<f64>().ok())
+        .collect();
+    (!samples.is_empty()).then(|| samples.iter().sum())
+}
+
 /// Percent-encodes a file name for a URL path segment (unreserved characters stay).
 pub fn encode_name(name: &str) -> String {
     use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};

@@ -25,7 +25,7 @@ use tempfile::TempDir;
 
 use crate::data::{gen_bytes, multipart_body, multipart_content_type, sha256_hex, Part};
 use crate::etcd::EtcdCluster;
-use crate::harness::{client, eventually, scratch_dir, Broadcaster, Reader};
+use crate::harness::{client, eventually, metric, scratch_dir, Broadcaster, Reader};
 use crate::ring::{admin, fetch, holdings, listed, ring_env, start_broadcaster, upload, Node};
 use crate::video::make_clip;
 
@@ -210,27 +210,6 @@ async fn api_add(b: &Broadcaster, node: &str) -> (u16, String) {
         .expect("POST /admin/nodes");
     let status = resp.status().as_u16();
     (status, resp.text().await.unwrap_or_default())
-}
-
-/// The sum of every sample of counter `name` in `b`'s `/metrics`; `None` when it has none.
-async fn metric(b: &Broadcaster, name: &str) -> Option<f64> {
-    let text = client()
-        .get(b.url("/metrics"))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    let labelled = format!("{name}{{");
-    let samples: Vec<f64> = text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.rsplit_once(' '))
-        .filter(|(k, _)| *k == name || k.starts_with(&labelled))
-        .filter_map(|(_, v)| v.parse::<f64>().ok())
-        .collect();
-    (!samples.is_empty()).then(|| samples.iter().sum())
 }
 
 /// The node's answer to `GET /v1/identity?nonce=...`: its id, or why there is none.

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::data::{multipart_body, multipart_content_type, Part};
-use crate::harness::{scratch_dir, Broadcaster, Reader};
+use crate::harness::{get_text, scratch_dir, Broadcaster, Reader};
 use crate::ring::Node;
 
 /// A test clip: `secs` seconds of test pattern and a tone, H.264/AAC in MP4 (index at the end, as most
@@ -367,14 +367,7 @@ async fn the_index_shows_how_far_a_transcode_is() {
         percents.windows(2).all(|w| w[0] <= w[1]) && percents.iter().all(|&p| p <= 99),
         "the percentage went back or reached 100 before the video was ready: {percents:?}"
     );
-    let page = client
-        .get(site.url("/"))
-        .send()
-        .await
-        .expect("index")
-        .text()
-        .await
-        .expect("index body");
+    let page = get_text(&site.url("/")).await;
     assert_eq!(
         index_row(&page, "slow"),
         Some(("ready".to_owned(), None)),
