@@ -6,6 +6,7 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use std::time::Duration;
 use common::protocol::ErrorBody;
 use futures_util::TryStreamExt;
 
@@ -31,6 +32,18 @@ pub fn content_type(file: &str) -> &'static str {
         },
         None => "application/octet-stream",
     }
+}
+
+/// Longest wait for a file of a video still being processed (a player asks for segments ahead of the
+/// transcoder when it starts watching early).
+pub const PROCESSING_WAIT: Duration = Duration::from_secs(20);
+
+/// How often a waiting request looks again; the record it reads is shared by every request for a moment.
+const PROCESSING_POLL: Duration = Duration::from_millis(250);
+
+/// Whether `file` is named like a DASH init or media segment, the files a player asks for before they exist.
+fn is_media_segment(file: &str) -> bool {
+    (file.starts_with("init-") || file.starts_with("chunk-")) && file.ends_with(".m4s")
 }
 
 fn bad_request(msg: String) -> Response {
@@ -66,6 +79,7 @@ pub async fn get_content(
     // is tried once more against a fresh one, so a video uploaded again is served at once.
     let cluster = engine.cluster().clone();
     let mut fresh = false;
+    let waiting_since = tokio::time::Instant::now();
     let (expected, opened) = loop {
         let video = match cluster.video_for_reading(&key.id, fresh).await {
             Ok(Some(v)) if v.status != meta::VideoRecord::FAILED => v,
@@ -76,6 +90,15 @@ pub async fn get_content(
             Some(sha) => Some(sha.clone()),
             // Records written before digests existed.
             None if video.digests.is_empty() && video.files.contains(&key.file) => None,
+            // A video being processed is watched while its files land: a segment the transcoder has not
+            // stored yet is waited for, a while, instead of ending the player's request with a 404.
+            None if video.status == meta::VideoRecord::PROCESSING
+                && is_media_segment(&key.file)
+                && waiting_since.elapsed() < PROCESSING_WAIT =>
+            {
+                tokio::time::sleep(PROCESSING_POLL).await;
+                continue;
+            }
             None if fresh => return missing(),
             None => {
                 fresh = true;
@@ -88,6 +111,14 @@ pub async fn get_content(
         match cluster.open_blob(&key, expected.as_deref()).await {
             Ok(o) => break (expected, o),
             Err(_) if !fresh => fresh = true,
+            // The transcoder replaces the provisional manifest with ffmpeg's when it ends: for a moment the
+            // ring holds the new one while the record still names the old digest.
+            Err(_)
+                if video.status == meta::VideoRecord::PROCESSING
+                    && waiting_since.elapsed() < PROCESSING_WAIT =>
+            {
+                tokio::time::sleep(PROCESSING_POLL).await;
+            }
             Err(RingError::Node(NodeError::NotFound { .. })) => return missing(),
             Err(e) => return crate::error::BroadcastError::from(e).into_response(),
         }

@@ -339,34 +339,6 @@ fn ring_error(e: RingError) -> LaneError {
 /// few KiB per minute of video.
 const MAX_REPLY_BYTES: u64 = 4 << 20;
 
-/// Longest wait for a target's answer to how far its stage is; a slow one is simply asked again later.
-const PROGRESS_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Largest answer to a progress request that is read (a report is a few dozen bytes).
-const MAX_PROGRESS_REPLY: u64 = 1024;
-
-/// Asks one target how far its stage is. A target's answer is checked like any peer's: `None` for no
-/// answer within `timeout`, a refusal, more than [`MAX_PROGRESS_REPLY`] bytes, or anything but a report of
-/// 0 to 100.
-async fn ask_progress(
-    client: &reqwest::Client,
-    secret: Option<&common::cluster::ClusterSecret>,
-    url: String,
-    timeout: Duration,
-) -> Option<f64> {
-    let resp = send_signed(client, secret, client.get(url).timeout(timeout))
-        .await
-        .ok()?;
-    if !resp.status().is_success() {
-        return None;
-    }
-    let body = read_body_limited(resp, MAX_PROGRESS_REPLY).await.ok()?;
-    let report: common::protocol::ProgressReport = serde_json::from_slice(&body).ok()?;
-    (0.0..=100.0)
-        .contains(&report.percent)
-        .then_some(report.percent)
-}
-
 /// A fresh upload id (what the stream protocol and the ring key an upload by).
 pub fn new_upload_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
@@ -379,23 +351,6 @@ impl Engine {
         req: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, reqwest::Error> {
         send_signed(&self.client, self.config.cluster_secret.as_ref(), req).await
-    }
-
-    /// How far the targets' stage of upload `id` is: the highest percentage a stream-protocol target
-    /// reports (the dash reader's transcode), `None` when none reports one.
-    pub async fn progress_of(&self, id: &str) -> Option<f64> {
-        let secret = self.config.cluster_secret.as_ref();
-        let asks = self
-            .config
-            .targets
-            .iter()
-            .filter(|t| !t.is_ring)
-            .map(|t| ask_progress(&self.client, secret, t.progress_url(id), PROGRESS_TIMEOUT));
-        futures_util::future::join_all(asks)
-            .await
-            .into_iter()
-            .flatten()
-            .reduce(f64::max)
     }
 
     /// Builds the engine and its HTTP client.
@@ -459,8 +414,7 @@ impl Engine {
         self.run_as(new_upload_id(), req, body).await
     }
 
-    /// [`Engine::run`] under upload id `id` (from [`new_upload_id`]), which the caller needs while the
-    /// upload runs: a video upload asks its transcoder how far it is.
+    /// [`Engine::run`] under upload id `id` (from [`new_upload_id`]).
     pub async fn run_as<S, E>(&self, id: String, req: UploadRequest, body: S) -> Finished
     where
         S: Stream<Item = Result<Bytes, E>> + Send,
@@ -1206,107 +1160,5 @@ fn log_summary(s: &Summary, elapsed: Duration) {
             name = %s.name, size = s.size, committed = s.committed, required = s.required, ms = s.duration_ms,
             error = s.error.as_deref().unwrap_or(""), "upload failed"
         ),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A target on a free loopback port answering `GET /{case}` as a hostile or broken one might; and a
-    /// second one that accepts connections and never answers.
-    async fn targets() -> (
-        std::net::SocketAddr,
-        std::net::SocketAddr,
-        tokio::task::JoinHandle<()>,
-    ) {
-        use axum::routing::get;
-        let app = axum::Router::new()
-            .route("/ok", get(|| async { r#"{"percent":42.5}"# }))
-            .route("/over", get(|| async { r#"{"percent":100.5}"# }))
-            .route("/negative", get(|| async { r#"{"percent":-1}"# }))
-            .route("/huge", get(|| async { r#"{"percent":1e308}"# }))
-            .route("/text", get(|| async { "42" }))
-            .route(
-                "/oversized",
-                get(|| async { format!(r#"{{"percent":1,"pad":"{}"}}"#, "x".repeat(4096)) }),
-            )
-            .route(
-                "/refused",
-                get(|| async { (axum::http::StatusCode::NOT_FOUND, r#"{"percent":5}"#) }),
-            );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("address");
-        let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let silent_addr = silent.local_addr().expect("address");
-        let task = tokio::spawn(async move {
-            let serve = axum::serve(listener, app);
-            let hold = async move {
-                let mut held = Vec::new();
-                while let Ok((s, _)) = silent.accept().await {
-                    held.push(s);
-                }
-            };
-            let _ = tokio::join!(serve, hold);
-        });
-        (addr, silent_addr, task)
-    }
-
-    #[tokio::test]
-    async fn a_progress_reply_counts_only_when_it_is_a_small_report_of_0_to_100() {
-        let (addr, _, task) = targets().await;
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .expect("client");
-        let ask = |case: &str| {
-            ask_progress(
-                &client,
-                None,
-                format!("http://{addr}/{case}"),
-                PROGRESS_TIMEOUT,
-            )
-        };
-        assert_eq!(ask("ok").await, Some(42.5));
-        for case in [
-            "over",
-            "negative",
-            "huge",
-            "text",
-            "oversized",
-            "refused",
-            "missing",
-        ] {
-            assert_eq!(ask(case).await, None, "{case}");
-        }
-        task.abort();
-    }
-
-    #[tokio::test]
-    async fn a_target_that_never_answers_is_given_up_on_after_the_timeout() {
-        let (_, silent, task) = targets().await;
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .expect("client");
-        let started = Instant::now();
-        let got = ask_progress(
-            &client,
-            None,
-            format!("http://{silent}/v1/uploads/x/progress"),
-            Duration::from_millis(300),
-        )
-        .await;
-        assert_eq!(got, None);
-        let took = started.elapsed();
-        assert!(
-            took >= Duration::from_millis(300) && took < Duration::from_secs(5),
-            "the ask ended after {took:?}, not at its 300 ms timeout"
-        );
-        task.abort();
     }
 }

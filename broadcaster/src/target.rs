@@ -113,15 +113,6 @@ impl Target {
     pub fn abort_url(&self, id: &str) -> String {
         format!("{}{}/{id}", self.base, common::protocol::UPLOADS_PATH)
     }
-
-    /// Where the target says how far its stage of upload `id` is.
-    pub fn progress_url(&self, id: &str) -> String {
-        format!(
-            "{}{}/{id}/progress",
-            self.base,
-            common::protocol::UPLOADS_PATH
-        )
-    }
 }
 
 impl fmt::Display for Target {

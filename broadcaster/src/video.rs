@@ -1,7 +1,9 @@
 //! `POST /upload`: a video from the web form. The upload is fanned out like any other, with every
-//! transcoding target told that it must produce a video; the video is listed as `processing` while that
-//! runs and becomes `ready` only once the fan-out committed, that is once every DASH file is durable on the
-//! ring. A file that is not a video (415) or is corrupt (422) leaves nothing behind.
+//! transcoding target told that it must produce a video; the dash reader stages and probes it, so a file
+//! that is not a video (415) or is corrupt (422) is refused before anything commits and leaves nothing
+//! behind. The video is listed as `processing` from the start. Once the upload commits, the dash reader
+//! transcodes it and owns its record: it lists each DASH file as it lands on the ring (viewers can start
+//! watching), then says `ready` or `failed`. The form's answer (303) waits for that, as it always has.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -12,7 +14,6 @@ use axum::Json;
 use common::protocol::{ErrorBody, VideoMode};
 use futures_util::TryStreamExt;
 use meta::{MetaError, VideoRecord};
-use tokio_util::sync::CancellationToken;
 
 use crate::error::BroadcastError;
 use crate::fanout::{Engine, Failure, Finished, UploadRequest};
@@ -132,13 +133,8 @@ async fn upload(
         declared_len: None,
         video: VideoMode::Required,
     };
-    let upload_id = crate::fanout::new_upload_id();
-    let watch = job.watch_progress(&engine, &upload_id);
-    let done = engine
-        .run_as(upload_id, req, field.map_err(|e| e.body_text()))
-        .await;
-    watch.stop().await;
-    job.end(&done).await?;
+    let done = engine.run(req, field.map_err(|e| e.body_text())).await;
+    job.end(&done, Ending::WaitReady).await?;
     Ok(id)
 }
 
@@ -231,70 +227,18 @@ impl VideoJob {
         })
     }
 
-    /// Keeps the record's `progress_percent` up to date with what the transcoder of upload `upload_id`
-    /// reports, until [`ProgressWatch::stop`], which must come before [`VideoJob::end`]: only this job writes
-    /// the record meanwhile, so a late progress write can never turn a finished video back to processing.
-    pub fn watch_progress(&self, engine: &Engine, upload_id: &str) -> ProgressWatch {
-        let (meta, record) = (self.meta.clone(), self.record.clone());
-        let (engine, upload_id) = (engine.clone(), upload_id.to_owned());
-        let stop = CancellationToken::new();
-        let stopped = stop.clone();
-        let task = tokio::spawn(async move {
-            let mut last = None;
-            loop {
-                tokio::select! {
-                    () = stopped.cancelled() => break,
-                    () = tokio::time::sleep(PROGRESS_EVERY) => {}
-                }
-                // A question still out when the upload ends is dropped (it only reads), so `stop` never
-                // waits for a slow target; a record write, once started, is always finished.
-                let asked = tokio::select! {
-                    () = stopped.cancelled() => break,
-                    p = engine.progress_of(&upload_id) => p,
-                };
-                let Some(percent) = asked else {
-                    continue;
-                };
-                // 100 is for `end` to say, once every file is stored and the upload committed.
-                let percent = (percent.floor() as u8).min(99);
-                if last == Some(percent) {
-                    continue;
-                }
-                let update = VideoRecord {
-                    progress_percent: Some(percent),
-                    ..record.clone()
-                };
-                match meta.put_video(&update).await {
-                    Ok(()) => last = Some(percent),
-                    Err(e) => {
-                        tracing::debug!(video = %record.id, error = %e, "progress not recorded")
-                    }
-                }
-            }
-        });
-        ProgressWatch { stop, task }
-    }
-
-    /// Records how the upload ended: `ready` with its files, `failed` (ours: the id may be uploaded again),
-    /// or nothing at all (the client's fault).
-    pub async fn end(self, done: &Finished) -> Result<(), (StatusCode, String)> {
+    /// Records how the upload ended: committed (the dash reader transcodes it and writes the record from
+    /// now on; with [`Ending::WaitReady`] this waits until the record says `ready` or `failed`), `failed`
+    /// (ours: the id may be uploaded again), or nothing at all (the client's fault).
+    pub async fn end(self, done: &Finished, ending: Ending) -> Result<(), (StatusCode, String)> {
         let (meta, record) = (&self.meta, &self.record);
         match (&done.failure, &done.video) {
-            (None, Some(video)) => {
-                let ready = VideoRecord {
-                    status: meta::VideoRecord::READY.to_owned(),
-                    duration_ms: Some(video.duration_ms),
-                    files: video.files.clone(),
-                    digests: video.digests.clone(),
-                    ..record.clone()
-                };
-                if let Err(e) = meta.put_video(&ready).await {
-                    // The files are on the ring but the catalogue could not say so: report, keep it retryable.
-                    let _ = mark_failed(meta, record, &e.to_string()).await;
-                    return Err(unavailable(e));
+            (None, Some(video)) => match ending {
+                Ending::Committed => Ok(()),
+                Ending::WaitReady => {
+                    wait_ready(meta, &record.id, Duration::from_millis(video.duration_ms)).await
                 }
-                Ok(())
-            }
+            },
             (None, None) => {
                 let _ = meta.delete_video(&record.id).await;
                 Err((
@@ -328,21 +272,60 @@ impl VideoJob {
     }
 }
 
-/// How often a video upload's transcoder is asked how far it is.
-const PROGRESS_EVERY: Duration = Duration::from_secs(1);
-
-/// The task of [`VideoJob::watch_progress`].
-#[derive(Debug)]
-pub struct ProgressWatch {
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
+/// What [`VideoJob::end`] waits for once the upload committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// Nothing more: a resumable upload's last request answers once the upload is committed.
+    Committed,
+    /// The video `ready` (or `failed`): the web form's 303 means "playable in every rendition".
+    WaitReady,
 }
 
-impl ProgressWatch {
-    /// Stops the updates and waits until none can be written any more.
-    pub async fn stop(self) {
-        self.stop.cancel();
-        let _ = self.task.await;
+/// How often the record of a committed video is read while `POST /upload` waits for it.
+const READY_POLL: Duration = Duration::from_millis(250);
+
+/// How long `POST /upload` waits for a committed video of `duration` to be ready: the dash reader's own
+/// transcode limit for it, plus as long again for a turn in its queue. The video goes on being processed
+/// past this; the answer then says so.
+fn ready_wait(duration: Duration) -> Duration {
+    let transcode = Duration::from_secs(60) + duration * 4;
+    transcode * 2 + Duration::from_secs(60)
+}
+
+/// Waits until video `id`'s record leaves `processing`.
+async fn wait_ready(
+    meta: &std::sync::Arc<dyn meta::MetaStore>,
+    id: &str,
+    duration: Duration,
+) -> Result<(), (StatusCode, String)> {
+    let deadline = tokio::time::Instant::now() + ready_wait(duration);
+    loop {
+        match meta.get_video(id).await {
+            Ok(Some(v)) if v.status == VideoRecord::READY => return Ok(()),
+            Ok(Some(v)) if v.status == VideoRecord::FAILED => {
+                let why = v.error.unwrap_or_else(|| "the transcode failed".into());
+                return Err((
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("the upload was stored but its transcode failed: {why}"),
+                ));
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return Err((
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the video's record disappeared while it was processed".into(),
+                ))
+            }
+            // The store may come back: the video goes on being processed meanwhile.
+            Err(e) => tracing::debug!(video = %id, error = %e, "waiting for a video: store unavailable"),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err((
+                StatusCode::GATEWAY_TIMEOUT,
+                "the upload is stored and still being processed; the video appears on the index when it is ready".into(),
+            ));
+        }
+        tokio::time::sleep(READY_POLL).await;
     }
 }
 

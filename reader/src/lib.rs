@@ -100,7 +100,8 @@ async fn open_video_sink(
         chunk_size: 4 << 20,
         connect_timeout: Duration::from_secs(3),
         request_timeout: Duration::from_secs(30),
-        // Signs the reader's blob writes; it never checks a node's identity or takes leases.
+        // Signs the reader's blob writes; it never checks a node's identity. Its leases cover the videos it
+        // transcodes after their upload committed.
         secret: config.cluster_secret.clone(),
         lease_ttl: Duration::from_secs(60),
     };
@@ -121,8 +122,13 @@ async fn open_video_sink(
             options,
             config.buffer_size,
         )
-        .with_limits(video::SinkLimits::from_config(config)),
+        .with_limits(video::SinkLimits::from_config(config))
+        .with_shutdown(shutdown.clone()),
     );
+    let resumed = sink.resume()?;
+    if resumed > 0 {
+        tracing::info!(resumed, "resuming committed transcodes");
+    }
     let (me, ttl, stop) = (sink.clone(), config.staging_ttl, shutdown.clone());
     tokio::spawn(async move {
         let period = (ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));

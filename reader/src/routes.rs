@@ -71,7 +71,7 @@ impl Participant for AppState {
 
     async fn commit(&self, id: &str) -> Result<serde_json::Value, ReaderError> {
         if let Some(video) = &self.video {
-            let v = video.commit(id)?;
+            let v = video.commit(id).await?;
             return Ok(serde_json::json!({ "video": v }));
         }
         let c = match &self.s3 {

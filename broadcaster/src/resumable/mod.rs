@@ -702,8 +702,7 @@ async fn complete(
     } else {
         None
     };
-    // The dash reader transcodes when it stages the whole upload (`finish`), under the upload's id.
-    let watch = job.as_ref().map(|j| j.watch_progress(engine, &upload.id));
+    // The dash reader probes the whole upload when it stages it (`finish`) and transcodes it once committed.
     engine
         .finish_lanes(
             &mut lanes,
@@ -731,11 +730,8 @@ async fn complete(
             },
         )
         .await;
-    if let Some(w) = watch {
-        w.stop().await;
-    }
     let video_result = match job {
-        Some(job) => job.end(&done).await,
+        Some(job) => job.end(&done, crate::video::Ending::Committed).await,
         None => Ok(()),
     };
     let committed = done.failure.is_none();

@@ -48,6 +48,7 @@
 //! - [`ffmpeg_args_probed`]: the single ffmpeg command line (public for the benchmark's bare-ffmpeg baseline).
 //! - [`transcode`](transcode()): runs ffmpeg, streams finished files, validates the output.
 //! - [`thumbnail`](thumbnail()): the JPEG poster frame.
+//! - [`provisional_manifest`]: the static manifest a video plays from while it is transcoded.
 //! - `mpd`: the small manifest reader used by validation.
 //!
 //! Errors are [`DashError`]; [`DashError::http_status`] maps them to 415/422/499/500.
@@ -57,6 +58,7 @@ mod error;
 mod ladder;
 mod mpd;
 mod probe;
+mod provisional;
 mod thumbnail;
 mod transcode;
 
@@ -67,6 +69,7 @@ pub use args::{ffmpeg_args, ffmpeg_args_probed, AUDIO_KBPS};
 pub use error::DashError;
 pub use ladder::{ladder, Rendition, RUNGS};
 pub use probe::{probe, probe_within, Probe};
+pub use provisional::{announced_segments, provisional_manifest};
 pub use thumbnail::{thumbnail, THUMBNAIL_WIDTH};
 pub use transcode::{transcode, Progress, TranscodeReport};
 
