@@ -205,6 +205,11 @@ impl VideoSink {
         self
     }
 
+    /// The ring (and metadata store) the videos go to.
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.cluster
+    }
+
     /// The limits in force.
     pub fn limits(&self) -> &SinkLimits {
         &self.limits
@@ -543,6 +548,19 @@ impl VideoSink {
         progress: Arc<dash::Progress>,
     ) -> Result<VideoRecord, ReaderError> {
         let cancel = self.shutdown.child_token();
+        let base = VideoRecord {
+            status: VideoRecord::PROCESSING.to_owned(),
+            duration_ms: Some(job.probe.duration_ms),
+            error: None,
+            files: Vec::new(),
+            digests: Default::default(),
+            progress_percent: Some(0),
+            ..self.base_record(job).await
+        };
+        // Listed while it waits for a slot (a resumed job's old file list goes: it is written again).
+        if let Err(e) = self.cluster.meta().put_video(&base).await {
+            tracing::warn!(video = %job.video, error = %e, "could not list a committed video yet");
+        }
         metrics::gauge!("distributary_transcodes_queued").increment(1.0);
         let permit = tokio::select! {
             p = self.transcodes.clone().acquire_owned() => p.map_err(|_| ReaderError::Ring("transcoder is shutting down".into())),
@@ -550,13 +568,6 @@ impl VideoSink {
         };
         metrics::gauge!("distributary_transcodes_queued").decrement(1.0);
         let _permit = permit?;
-        let base = VideoRecord {
-            status: VideoRecord::PROCESSING.to_owned(),
-            duration_ms: Some(job.probe.duration_ms),
-            error: None,
-            progress_percent: Some(0),
-            ..self.base_record(job).await
-        };
         let ladder = dash::ladder(&job.probe);
         let written: Written = Arc::default();
         // The provisional manifest first, so the video can be watched from its first segment on.

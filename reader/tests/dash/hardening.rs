@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::fixtures;
-use crate::ring::{client_view, stage, upload_id, FakeRing};
+use crate::ring::{client_view, commit, finished, stage, transcode_upload, upload_id, FakeRing};
 
 fn preset(p: &str) -> TranscodeOptions {
     TranscodeOptions {
@@ -261,11 +261,11 @@ async fn sparse_frames_stay_sparse() {
     )
     .await;
     let started = Instant::now();
-    let report = stage(&s, "sparse.mp4", bytes.clone())
+    let video = transcode_upload(&s, "sparse.mp4", bytes.clone())
         .await
-        .expect("transcoded");
+        .expect("staged and committed");
     let elapsed = started.elapsed();
-    let video = report.video.expect("video report");
+    assert_eq!(video.status, "ready", "{video:?}");
     let keys = ring.keys();
     eprintln!(
         "sparse: {} bytes, 3 frames over 600 s → {} files on the ring in {elapsed:?}: {keys:?}",
@@ -327,18 +327,20 @@ async fn transcode_timeout_kills_ffmpeg_and_leaves_nothing() {
     let staging = dir.path().join("staging");
     let bytes = std::fs::read(fixtures::long_small()).expect("read clip");
     let started = Instant::now();
-    let err = tokio::time::timeout(Duration::from_secs(30), stage(&s, "slow.mp4", bytes))
+    let id = commit(&s, "slow.mp4", bytes)
         .await
-        .expect("the time limit ends the transcode")
-        .expect_err("over the time limit");
+        .expect("a video commits before it is transcoded");
+    let video = finished(&s, &id, Duration::from_secs(30)).await;
     let elapsed = started.elapsed();
-    let (status, message) = client_view(err).await;
+    let message = video.error.clone().unwrap_or_default();
     eprintln!(
-        "timeout 3 s → {status} after {elapsed:?}: {message} ({} ring writes, all undone)",
+        "timeout 3 s → {} after {elapsed:?}: {message} ({} ring writes, all undone)",
+        video.status,
         ring.puts()
     );
-    assert_eq!(status, 422, "{message}");
+    assert_eq!(video.status, "failed", "{video:?}");
     assert!(message.contains("longer than the 3 s allowed"), "{message}");
+    assert!(video.files.is_empty() && video.digests.is_empty(), "{video:?}");
     assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
     assert!(
         ring.puts() > 0,
@@ -353,12 +355,15 @@ async fn transcode_timeout_kills_ffmpeg_and_leaves_nothing() {
         crate::our_ffmpegs(&staging.to_string_lossy()).is_empty(),
         "ffmpeg still running"
     );
-    // The staged upload and the work directory are gone.
+    // The staged upload, the committed job with its source, and the work directory are gone.
+    let jobs = dir.path().join("transcode");
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !entries(&staging).is_empty() && Instant::now() < deadline {
+    while !(entries(&staging).is_empty() && entries(&jobs).is_empty()) && Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(entries(&staging).is_empty(), "{:?}", entries(&staging));
+    assert!(entries(&jobs).is_empty(), "{:?}", entries(&jobs));
 }
 
 #[tokio::test]
@@ -530,36 +535,50 @@ async fn errors_reach_clients_without_paths_or_ffmpeg_output() {
 
     let read = |p: &Path| std::fs::read(p).expect("read fixture");
     let manifest = reference_files(&secret)[0].1.clone().into_bytes();
-    let cases: Vec<(&str, &Arc<VideoSink>, Vec<u8>, u16)> = vec![
-        ("text", &ok, read(fixtures::text()), 415),
-        ("manifest", &ok, manifest, 415),
-        ("truncated", &ok, read(fixtures::truncated()), 422),
-        ("truncated mkv", &ok, read(fixtures::truncated_mkv()), 422),
+    // Refused when staged (415/422 from the probe, 413), or failed after the commit (the record says why).
+    let cases: Vec<(&str, &Arc<VideoSink>, Vec<u8>, Option<u16>)> = vec![
+        ("text", &ok, read(fixtures::text()), Some(415)),
+        ("manifest", &ok, manifest, Some(415)),
+        ("truncated", &ok, read(fixtures::truncated()), Some(422)),
+        // Matroska has no index to check when probing: the damage shows when decoding, after the commit.
+        ("truncated mkv", &ok, read(fixtures::truncated_mkv()), None),
         (
             "over the size limit",
             &capped,
             read(fixtures::clip360()),
-            413,
+            Some(413),
         ),
-        ("ffmpeg failure", &broken, read(fixtures::no_audio()), 500),
-        ("time limit", &slow, read(fixtures::clip720()), 422),
+        ("ffmpeg failure", &broken, read(fixtures::no_audio()), None),
+        ("time limit", &slow, read(fixtures::clip720()), None),
         (
             "non-UTF-8 staging path",
             &odd,
             read(fixtures::no_audio()),
-            500,
+            Some(500),
         ),
     ];
     for (what, s, bytes, expected) in cases {
-        let err = stage(s, "clip.mp4", bytes).await.expect_err(what);
-        let (status, message) = client_view(err).await;
-        eprintln!("{what} → {status}: {message}");
-        assert_eq!(status, expected, "{what}: {message}");
+        let message = match (transcode_upload(s, "clip.mp4", bytes).await, expected) {
+            (Err(err), Some(expected)) => {
+                let (status, message) = client_view(err).await;
+                eprintln!("{what} → {status}: {message}");
+                assert_eq!(status, expected, "{what}: {message}");
+                message
+            }
+            (Ok(video), None) => {
+                eprintln!("{what} → {}: {:?}", video.status, video.error);
+                assert_eq!(video.status, "failed", "{what}: {video:?}");
+                video.error.expect("a failed video says why")
+            }
+            (got, _) => panic!("{what}: expected {expected:?}, got {got:?}"),
+        };
         for needle in [
             "SECRET",
             "/tmp",
             &*dir.path().to_string_lossy(),
             "staging",
+            "transcode/",
+            ".source",
             ".dash",
             "file:",
             "@ 0x",
@@ -631,11 +650,10 @@ async fn the_transcode_queue_is_bounded() {
         },
     )
     .await;
-    let slow = std::fs::read(fixtures::clip720_30s()).expect("read");
-    let first = {
-        let s = s.clone();
-        tokio::spawn(async move { stage(&s, "first.mp4", slow).await.map(|_| ()) })
-    };
+    let slow = std::fs::read(fixtures::clip720()).expect("read");
+    let first = commit(&s, "first.mp4", slow)
+        .await
+        .expect("the first upload commits");
     let staging = dir.path().join("staging");
     let mut running = false;
     for _ in 0..200 {
@@ -647,12 +665,23 @@ async fn the_transcode_queue_is_bounded() {
     }
     assert!(running, "the first transcode started");
     let small = std::fs::read(fixtures::one_second()).expect("read");
-    let second = {
-        let (s, b) = (s.clone(), small.clone());
-        tokio::spawn(async move { stage(&s, "second.mp4", b).await.map(|_| ()) })
-    };
+    let second = commit(&s, "second.mp4", small.clone())
+        .await
+        .expect("the second upload commits and waits its turn");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!second.is_finished(), "the second upload waits its turn");
+    let waiting = s
+        .cluster()
+        .meta()
+        .get_video(&second)
+        .await
+        .expect("meta")
+        .expect("the waiting video is listed");
+    assert_eq!(waiting.status, "processing", "{waiting:?}");
+    assert_eq!(
+        crate::our_ffmpegs(&staging.to_string_lossy()).len(),
+        1,
+        "one transcode at a time"
+    );
     let started = Instant::now();
     let err = stage(&s, "third.mp4", small.clone())
         .await
@@ -665,17 +694,19 @@ async fn the_transcode_queue_is_bounded() {
     assert_eq!(status, 503, "{message}");
     assert!(message.contains("busy"), "{message}");
     assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(
+        ring.keys().iter().all(|k| !k.starts_with("third/")),
+        "a refused upload writes nothing"
+    );
 
-    // The first upload goes away (its request is dropped): ffmpeg is stopped and the waiting one runs.
-    first.abort();
-    let second = tokio::time::timeout(Duration::from_secs(60), second)
-        .await
-        .expect("the waiting upload got its turn")
-        .expect("join");
-    second.expect("the second upload transcodes");
-    assert!(ring.keys().iter().all(|k| k.starts_with("second/")));
-    // And there is room again.
-    stage(&s, "fourth.mp4", small)
+    // Both committed uploads are transcoded, one after the other; then there is room again.
+    for id in [&first, &second] {
+        let video = finished(&s, id, Duration::from_secs(120)).await;
+        assert_eq!(video.status, "ready", "{video:?}");
+    }
+    let fourth = commit(&s, "fourth.mp4", small)
         .await
         .expect("admitted again");
+    let video = finished(&s, &fourth, Duration::from_secs(60)).await;
+    assert_eq!(video.status, "ready", "{video:?}");
 }

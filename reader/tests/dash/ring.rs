@@ -140,6 +140,49 @@ pub async fn stage(
     .await
 }
 
+/// Stages `data` as a video upload named `name` on `sink` and commits it (the transcode starts): the video id.
+pub async fn commit(
+    sink: &Arc<VideoSink>,
+    name: &str,
+    data: Vec<u8>,
+) -> Result<String, reader::ReaderError> {
+    let id = upload_id();
+    let body = futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from(data))]);
+    let report = sink
+        .stage(&id, name, common::protocol::VideoMode::Required, body)
+        .await?;
+    let video = report.video.expect("a staged video reports its probe").id;
+    let committed = sink.commit(&id).await?;
+    assert_eq!(committed.map(|v| v.id), Some(video.clone()));
+    Ok(video)
+}
+
+/// Video `id`'s record once its transcode ended (`ready` or `failed`), waiting up to `within`.
+pub async fn finished(sink: &Arc<VideoSink>, id: &str, within: Duration) -> meta::VideoRecord {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let record = sink.cluster().meta().get_video(id).await.expect("meta");
+        match record {
+            Some(r) if r.status != meta::VideoRecord::PROCESSING => return r,
+            r => assert!(
+                tokio::time::Instant::now() < deadline,
+                "video {id} still not finished after {within:?}: {r:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Stages, commits and waits for the transcode of `data`: the video's last record.
+pub async fn transcode_upload(
+    sink: &Arc<VideoSink>,
+    name: &str,
+    data: Vec<u8>,
+) -> Result<meta::VideoRecord, reader::ReaderError> {
+    let id = commit(sink, name, data).await?;
+    Ok(finished(sink, &id, Duration::from_secs(180)).await)
+}
+
 /// The status and the `error` text a client would receive for `e`.
 pub async fn client_view(e: reader::ReaderError) -> (u16, String) {
     use axum::response::IntoResponse;
