@@ -790,6 +790,7 @@ async fn run() -> anyhow::Result<bool> {
             error: None,
             digests,
             progress_percent: None,
+            upload: None,
         })
         .await?;
     let seq_id = format!("{VIDEO}-seq");

@@ -6,9 +6,9 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use std::time::Duration;
 use common::protocol::ErrorBody;
 use futures_util::TryStreamExt;
+use std::time::Duration;
 
 use crate::fanout::Engine;
 use crate::ring::nodes::{BlobKey, NodeError};
@@ -35,8 +35,9 @@ pub fn content_type(file: &str) -> &'static str {
 }
 
 /// Longest wait for a file of a video still being processed (a player asks for segments ahead of the
-/// transcoder when it starts watching early).
-pub const PROCESSING_WAIT: Duration = Duration::from_secs(20);
+/// transcoder when it starts watching early). Below dash.js's own 20 s fragment timeout, so the player gets
+/// an answer (a 404 it retries) rather than abandoning the request.
+pub const PROCESSING_WAIT: Duration = Duration::from_secs(15);
 
 /// How often a waiting request looks again; the record it reads is shared by every request for a moment.
 const PROCESSING_POLL: Duration = Duration::from_millis(250);

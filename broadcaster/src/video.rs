@@ -205,6 +205,7 @@ impl VideoJob {
             error: None,
             digests: Default::default(),
             progress_percent: None,
+            upload: None,
         };
         match meta.create_video(&record).await {
             Ok(()) => {}
@@ -317,7 +318,9 @@ async fn wait_ready(
                 ))
             }
             // The store may come back: the video goes on being processed meanwhile.
-            Err(e) => tracing::debug!(video = %id, error = %e, "waiting for a video: store unavailable"),
+            Err(e) => {
+                tracing::debug!(video = %id, error = %e, "waiting for a video: store unavailable")
+            }
         }
         if tokio::time::Instant::now() >= deadline {
             return Err((

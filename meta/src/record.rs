@@ -67,6 +67,10 @@ pub struct VideoRecord {
     /// While `processing`: percent of the source transcoded so far, as the transcoder last reported it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress_percent: Option<u8>,
+    /// The upload whose transcode writes this record, once the dash reader took it over at commit: a
+    /// transcode resumed after a restart goes on only while the record is still its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<String>,
 }
 
 impl VideoRecord {
@@ -76,6 +80,17 @@ impl VideoRecord {
     pub const READY: &'static str = "ready";
     /// Transcoding failed; `error` says why.
     pub const FAILED: &'static str = "failed";
+
+    /// Whether a player can start on it: `ready`, or still `processing` with its manifest, an init segment
+    /// and a first media segment stored (the rest is waited for as it is transcoded).
+    pub fn is_watchable(&self) -> bool {
+        let has = |prefix: &str| self.files.iter().any(|f| f.starts_with(prefix));
+        self.status == Self::READY
+            || (self.status == Self::PROCESSING
+                && self.files.iter().any(|f| f == "manifest.mpd")
+                && has("init-")
+                && has("chunk-"))
+    }
 }
 
 /// A raw upload stored on the ring as fixed-size chunks.

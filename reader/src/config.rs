@@ -25,6 +25,8 @@ pub const DEFAULT_TRANSCODE_CONCURRENCY: usize = 1;
 pub const DEFAULT_FFMPEG_PRESET: &str = "veryfast";
 /// Video uploads that may wait (being received, probed, or queued) beside those transcoding; more get 503.
 pub const DEFAULT_TRANSCODE_QUEUE: usize = 8;
+/// Default `READER_LEASE_TTL_SECS`.
+pub const DEFAULT_LEASE_TTL_SECS: u64 = 60;
 /// Longest `READER_MAX_VIDEO_SECS` / `READER_TRANSCODE_TIMEOUT_SECS` accepted: a week.
 pub const MAX_VIDEO_SECS_LIMIT: u64 = 7 * 24 * 3600;
 /// Largest `READER_MAX_VIDEO_PIXELS` accepted: libx264's 16384×16384.
@@ -70,6 +72,9 @@ pub struct Config {
     pub ffmpeg_preset: String,
     /// Video uploads that may wait beside the running transcodes (dash sink); beyond, 503.
     pub transcode_queue: usize,
+    /// Lease a committed transcode holds on its video (dash sink): renewed every third of it, lapsed this long
+    /// after the reader stopped (then the sweep may fail a video nobody resumed).
+    pub lease_ttl: Duration,
     /// What one video may cost (dash sink): `READER_MAX_VIDEO_SECS`, `READER_MAX_VIDEO_PIXELS`,
     /// `READER_TRANSCODE_TIMEOUT_SECS`.
     pub video_limits: crate::dash::Limits,
@@ -97,6 +102,7 @@ pub const VARS: &[&str] = &[
     "READER_TRANSCODE_CONCURRENCY",
     "READER_FFMPEG_PRESET",
     "READER_TRANSCODE_QUEUE",
+    "READER_LEASE_TTL_SECS",
     "READER_TRANSCODE_TIMEOUT_SECS",
     "READER_MAX_VIDEO_SECS",
     "READER_MAX_VIDEO_PIXELS",
@@ -130,6 +136,7 @@ struct RawConfig {
     transcode_concurrency: Option<String>,
     ffmpeg_preset: Option<String>,
     transcode_queue: Option<String>,
+    lease_ttl_secs: Option<String>,
     transcode_timeout_secs: Option<String>,
     max_video_secs: Option<String>,
     max_video_pixels: Option<String>,
@@ -278,6 +285,13 @@ impl TryFrom<RawConfig> for Config {
                 0,
                 1024,
             )?,
+            lease_ttl: Duration::from_secs(env::number(
+                "READER_LEASE_TTL_SECS",
+                raw.lease_ttl_secs.as_deref(),
+                DEFAULT_LEASE_TTL_SECS,
+                3,
+                86_400,
+            )?),
             transcode_concurrency: env::number(
                 "READER_TRANSCODE_CONCURRENCY",
                 raw.transcode_concurrency.as_deref(),

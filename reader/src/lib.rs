@@ -103,7 +103,7 @@ async fn open_video_sink(
         // Signs the reader's blob writes; it never checks a node's identity. Its leases cover the videos it
         // transcodes after their upload committed.
         secret: config.cluster_secret.clone(),
-        lease_ttl: Duration::from_secs(60),
+        lease_ttl: config.lease_ttl,
     };
     let cluster = ring_client::Cluster::open(meta, &settings)
         .await

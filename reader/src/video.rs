@@ -401,7 +401,10 @@ impl VideoSink {
 
     async fn lease(self: &Arc<Self>, job: &Job) -> Result<LeaseGuard, ring_client::RingError> {
         self.cluster
-            .lease(&format!("transcode-{}", job.upload), vec![job.video.clone()])
+            .lease(
+                &format!("transcode-{}", job.upload),
+                vec![job.video.clone()],
+            )
             .await
     }
 
@@ -425,9 +428,7 @@ impl VideoSink {
                 Some(job) if self.source_path(&job.upload).is_file() => jobs.push(job),
                 // A source whose job is listed; its job decides.
                 _ if name.ends_with(".source")
-                    && self
-                        .job_path(name.trim_end_matches(".source"))
-                        .is_file() => {}
+                    && self.job_path(name.trim_end_matches(".source")).is_file() => {}
                 _ => {
                     tracing::warn!(file = %name, "removing an incomplete transcode job");
                     let _ = std::fs::remove_file(&path);
@@ -454,11 +455,47 @@ impl VideoSink {
                         }
                     }
                 };
+                if !me.still_ours(&job).await {
+                    if me.shutdown.is_cancelled() {
+                        return;
+                    }
+                    tracing::warn!(
+                        upload = %job.upload, video = %job.video,
+                        "dropping a committed transcode: its video was failed or taken over while this reader was away"
+                    );
+                    me.running().remove(&job.upload);
+                    let _ = std::fs::remove_file(me.job_path(&job.upload));
+                    let _ = std::fs::remove_file(me.source_path(&job.upload));
+                    return;
+                }
                 let admitted = me.admission.clone().try_acquire_owned().ok();
                 me.process(job, lease, admitted).await
             });
         }
         Ok(n)
+    }
+
+    /// Whether a job found at start may resume: its video still `processing` under this upload (or under
+    /// none, if the reader stopped before it took the record over). A video the sweep failed meanwhile
+    /// (this reader was away longer than its lease), or that another upload now owns, is left alone. A
+    /// record that cannot be read keeps the job for the next start.
+    async fn still_ours(&self, job: &Job) -> bool {
+        loop {
+            match self.cluster.meta().get_video(&job.video).await {
+                Ok(Some(r)) => {
+                    return r.status == VideoRecord::PROCESSING
+                        && r.upload.as_deref().is_none_or(|u| u == job.upload)
+                }
+                Ok(None) => return false,
+                Err(e) => {
+                    tracing::warn!(upload = %job.upload, error = %e, "cannot read the video of a resumed transcode yet");
+                    tokio::select! {
+                        () = self.shutdown.cancelled() => return false,
+                        () = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    }
+                }
+            }
+        }
     }
 
     /// Runs a committed transcode to its end: `ready` or `failed` in the record, then the job is removed.
@@ -469,11 +506,7 @@ impl VideoSink {
         lease: LeaseGuard,
         admitted: Option<OwnedSemaphorePermit>,
     ) {
-        let progress = self
-            .running()
-            .get(&job.upload)
-            .cloned()
-            .unwrap_or_default();
+        let progress = self.running().get(&job.upload).cloned().unwrap_or_default();
         let result = self.transcode_job(&job, progress).await;
         self.running().remove(&job.upload);
         if self.shutdown.is_cancelled() {
@@ -499,7 +532,9 @@ impl VideoSink {
             Ok(r) => tracing::info!(
                 upload = %job.upload, video = %job.video, files = r.files.len(), "video ready"
             ),
-            Err(e) => tracing::warn!(upload = %job.upload, video = %job.video, error = %e, "video failed"),
+            Err(e) => {
+                tracing::warn!(upload = %job.upload, video = %job.video, error = %e, "video failed")
+            }
         }
         // The lease goes only once the record says how the video ended (or, if that could not be written,
         // the sweep may fail it: the job stays for the next start).
@@ -528,7 +563,13 @@ impl VideoSink {
 
     /// The video's record as the broadcaster created it (keeping its creation time), or a new one.
     async fn base_record(&self, job: &Job) -> VideoRecord {
-        let existing = self.cluster.meta().get_video(&job.video).await.ok().flatten();
+        let existing = self
+            .cluster
+            .meta()
+            .get_video(&job.video)
+            .await
+            .ok()
+            .flatten();
         existing.unwrap_or_else(|| VideoRecord {
             id: job.video.clone(),
             status: VideoRecord::PROCESSING.to_owned(),
@@ -538,6 +579,7 @@ impl VideoSink {
             error: None,
             digests: Default::default(),
             progress_percent: None,
+            upload: None,
         })
     }
 
@@ -555,6 +597,7 @@ impl VideoSink {
             files: Vec::new(),
             digests: Default::default(),
             progress_percent: Some(0),
+            upload: Some(job.upload.clone()),
             ..self.base_record(job).await
         };
         // Listed while it waits for a slot (a resumed job's old file list goes: it is written again).
@@ -581,7 +624,13 @@ impl VideoSink {
             progress.clone(),
         );
         let input = self.source_path(&job.upload);
-        let work_dir = self.staging_dir.join(format!("{}.dash", job.upload));
+        // A fresh directory per attempt: an ffmpeg left running by a reader that was killed (it is not our
+        // child any more) must not write into the directory of the resumed transcode.
+        let work_dir = self.staging_dir.join(format!(
+            "{}.{}.dash",
+            job.upload,
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        ));
         let result = self
             .transcode_to_ring(job, &ladder, &input, &work_dir, &written, cancel, progress)
             .await;
@@ -810,7 +859,10 @@ impl Recorder {
             loop {
                 let digests = written.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 // 100 is for the `ready` record to say.
-                let percent = progress.percent().map(|p| (p.floor() as u8).min(99)).unwrap_or(0);
+                let percent = progress
+                    .percent()
+                    .map(|p| (p.floor() as u8).min(99))
+                    .unwrap_or(0);
                 let record = VideoRecord {
                     files: digests.keys().cloned().collect(),
                     digests,
@@ -821,7 +873,9 @@ impl Recorder {
                     // A write once started is always finished: `stop` waits for it.
                     match meta.put_video(&record).await {
                         Ok(()) => last = Some(record),
-                        Err(e) => tracing::debug!(video = %base.id, error = %e, "transcode progress not recorded"),
+                        Err(e) => {
+                            tracing::debug!(video = %base.id, error = %e, "transcode progress not recorded")
+                        }
                     }
                 }
                 tokio::select! {

@@ -7,8 +7,10 @@
 //! # Behaviour
 //! - Pages are rendered on the server from the metadata store; every id and error message is escaped
 //!   ([`html::escape`]), and ids in URLs are percent-encoded as one path segment ([`html::encode_segment`]).
-//! - Only `ready` videos are links. `GET /videos/{id}` answers 404 for an unknown or malformed id, and also for a
-//!   video that is not playable: a `processing` one gets a 404 page saying it is still processing that reloads
+//! - Watchable videos are links: `ready` ones, and `processing` ones whose first segments are stored (a viewer
+//!   starts while the rest is transcoded; the gateway holds a request for a segment not written yet).
+//!   `GET /videos/{id}` answers 404 for an unknown or malformed id, and also for a video that is not playable:
+//!   a `processing` one with nothing to play yet gets a 404 page saying it is still processing that reloads
 //!   itself every few seconds, a `failed` one a 404 page with the reason. The status is 404 because there is
 //!   nothing to play at that URL yet; the page says why.
 //! - The upload form works without JavaScript (a plain multipart POST, then the server's 303 to `/`). With
@@ -156,8 +158,10 @@ async fn watch(State(engine): State<Engine>, Path(id): Path<String>) -> Response
         Ok(None) => return not_found(&id),
         Err(e) => return unavailable(&e),
     };
+    if video.is_watchable() {
+        return page(StatusCode::OK, pages::watch(&video));
+    }
     match video.status.as_str() {
-        VideoRecord::READY => page(StatusCode::OK, pages::watch(&video)),
         VideoRecord::PROCESSING => page(
             StatusCode::NOT_FOUND,
             pages::message(

@@ -125,15 +125,17 @@ fn status_cell(v: &VideoRecord) -> String {
         let why = v.error.as_deref().unwrap_or("no reason recorded");
         let _ = write!(cell, r#" <span class="error-text">{}</span>"#, escape(why));
     } else if status == VideoRecord::PROCESSING {
-        match v.progress_percent {
-            Some(p) => {
-                let _ = write!(
-                    cell,
-                    r#" <span class="progress" data-progress="{p}">{p}%</span> <span class="hint">transcoding; not playable yet</span>"#
-                );
-            }
-            None => cell.push_str(r#" <span class="hint">transcoding; not playable yet</span>"#),
+        if let Some(p) = v.progress_percent {
+            let _ = write!(
+                cell,
+                r#" <span class="progress" data-progress="{p}">{p}%</span>"#
+            );
         }
+        cell.push_str(if v.is_watchable() {
+            r#" <span class="hint">transcoding; you can start watching</span>"#
+        } else {
+            r#" <span class="hint">transcoding; not playable yet</span>"#
+        });
     }
     cell
 }
@@ -190,7 +192,7 @@ pub fn index(videos: &[VideoRecord]) -> String {
         );
         for v in videos {
             let id = escape(&v.id);
-            let name = if v.status == VideoRecord::READY {
+            let name = if v.is_watchable() {
                 format!(
                     r#"<a href="/videos/{}">{id}</a>"#,
                     escape(&encode_segment(&v.id))
@@ -226,7 +228,8 @@ pub fn manifest_url(id: &str) -> String {
     format!("/content/{}/manifest.mpd", encode_segment(id))
 }
 
-/// `GET /videos/{id}` for a ready video: a `<video>` driven by dash.js, a quality selector, the poster.
+/// `GET /videos/{id}` for a watchable video (see [`VideoRecord::is_watchable`]): a `<video>` driven by dash.js,
+/// a quality selector, the poster; a video still processing says so above the player.
 pub fn watch(v: &VideoRecord) -> String {
     let id = escape(&v.id);
     let enc = escape(&encode_segment(&v.id));
@@ -236,10 +239,19 @@ pub fn watch(v: &VideoRecord) -> String {
         facts.push(format!("Duration {}", format_duration(d)));
     }
     facts.push(format!("uploaded {}", time_element(v.created_unix_ms)));
+    let processing = if v.status == VideoRecord::PROCESSING {
+        format!(
+            "<p id=\"processing-note\" class=\"notice\" data-progress=\"{p}\">Still processing ({p}% done): \
+             you are watching while the rest is transcoded, and playback may pause until it catches up.</p>\n",
+            p = v.progress_percent.unwrap_or(0)
+        )
+    } else {
+        String::new()
+    };
     let body = format!(
         r#"<nav class="back"><a href="/">&larr; All videos</a></nav>
 <h1 class="video-title">{id}</h1>
-<div class="player">
+{processing}<div class="player">
 <video id="player" controls playsinline preload="none" poster="/content/{enc}/poster.jpg" data-manifest="{manifest}" data-video-id="{id}" aria-label="{id}"></video>
 </div>
 <div class="player-controls">
@@ -294,6 +306,7 @@ mod tests {
             error: None,
             digests: Default::default(),
             progress_percent: None,
+            upload: None,
         }
     }
 

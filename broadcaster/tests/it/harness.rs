@@ -427,6 +427,15 @@ impl Reader {
         }
     }
 
+    /// SIGKILLs this reader and starts another on the same data directory (on a new port) with `env`.
+    pub fn restart(&mut self, env: &[(&str, &str)]) {
+        self.proc.signal("KILL");
+        let tmp = self._tmp.take();
+        let mut next = Reader::start_in(&self.data_dir, env);
+        next._tmp = tmp;
+        *self = next;
+    }
+
     /// The reader as a broadcaster target: `127.0.0.1:PORT`.
     pub fn target(&self) -> String {
         self.proc.addr.to_string()

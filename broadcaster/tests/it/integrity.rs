@@ -810,8 +810,13 @@ async fn post_video(b: &Broadcaster, filename: &str, data: &[u8]) -> (u16, Strin
     }
 }
 
+/// A committed video's transcode belongs to its dash reader, which resumes it when it starts again on its
+/// data directory (`video::a_transcode_resumes_after_its_dash_reader_is_killed`). Here the reader is
+/// SIGKILLed mid-transcode and comes back *without* its data directory (a lost disk): nobody can finish the
+/// video, so once the reader's lease lapsed the sweep fails it and removes its files, and the name can be
+/// uploaded again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dash_reader_killed_mid_transcode_leaves_nothing_and_frees_the_name() {
+async fn a_dash_reader_lost_mid_transcode_leaves_nothing_and_frees_the_name() {
     let started = Instant::now();
     let media = scratch_dir("integrity-clips-");
     let clip_dir = media.path().to_path_buf();
@@ -836,6 +841,8 @@ async fn a_dash_reader_killed_mid_transcode_leaves_nothing_and_frees_the_name() 
         ("READER_SINK", "dash"),
         ("READER_METADATA", db.as_str()),
         ("READER_FFMPEG_PRESET", "ultrafast"),
+        // The killed reader's lease on the video lapses this long after it stopped renewing it.
+        ("READER_LEASE_TTL_SECS", "4"),
     ];
     let mut dash = Reader::start_with(&dash_env);
     let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -880,6 +887,7 @@ async fn a_dash_reader_killed_mid_transcode_leaves_nothing_and_frees_the_name() 
         left.len()
     );
 
+    // A new, empty data directory: the job and its source are gone with the old one.
     let dash = Reader::start_with(&dash_env);
     let env_ref: Vec<(&str, &str)> = env
         .iter()

@@ -41,6 +41,10 @@ pub fn make_clip(dir: &Path, name: &str, secs: u32, size: &str) -> PathBuf {
     out
 }
 
+fn pairs(env: &[(String, String)]) -> Vec<(&str, &str)> {
+    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
 /// The full local topology: three storage nodes, a disk reader, a dash reader, a broadcaster.
 struct Site {
     _dir: tempfile::TempDir,
@@ -49,6 +53,7 @@ struct Site {
     dash: Reader,
     broadcaster: Broadcaster,
     env: Vec<(String, String)>,
+    dash_env: Vec<(String, String)>,
 }
 
 impl Site {
@@ -73,11 +78,12 @@ impl Site {
         let disk = Reader::start_with(&[]);
         let seed = start_broadcaster(&[disk.target()], &env);
         drop(seed);
-        let dash = Reader::start_with(&[
-            ("READER_SINK", "dash"),
-            ("READER_METADATA", &db),
-            ("READER_FFMPEG_PRESET", preset),
-        ]);
+        let dash_env: Vec<(String, String)> = vec![
+            ("READER_SINK".into(), "dash".into()),
+            ("READER_METADATA".into(), db.clone()),
+            ("READER_FFMPEG_PRESET".into(), preset.into()),
+        ];
+        let dash = Reader::start_with(&pairs(&dash_env));
         let broadcaster = start_broadcaster(&[disk.target(), dash.target()], &env);
         Site {
             _dir: dir,
@@ -86,7 +92,14 @@ impl Site {
             dash,
             broadcaster,
             env,
+            dash_env,
         }
+    }
+
+    /// SIGKILLs the dash reader and starts it again on its data directory.
+    fn restart_dash(&mut self) {
+        let env = self.dash_env.clone();
+        self.dash.restart(&pairs(&env));
     }
 
     fn restart_broadcaster(&mut self) {
@@ -114,13 +127,23 @@ fn no_redirects() -> reqwest::Client {
 }
 
 async fn upload(site: &Site, filename: &str, data: &[u8]) -> (u16, String, Option<String>) {
+    post_form_to(&site.url("/upload"), filename, data).await
+}
+
+/// `POST /upload` to `url`: status and body.
+async fn post_form(url: &str, filename: &str, data: &[u8]) -> (u16, String) {
+    let (status, body, _) = post_form_to(url, filename, data).await;
+    (status, body)
+}
+
+async fn post_form_to(url: &str, filename: &str, data: &[u8]) -> (u16, String, Option<String>) {
     let body = multipart_body(&[Part {
         name: "file",
         filename: Some(filename),
         data,
     }]);
     let resp = no_redirects()
-        .post(site.url("/upload"))
+        .post(url)
         .header("content-type", multipart_content_type())
         .body(body)
         .send()
@@ -437,4 +460,158 @@ async fn chromium_uploads_through_the_form_and_plays() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "play.mjs failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("\"ok\":true"), "{stdout}");
+}
+
+/// Issue 11, part 4: a video can be watched while it is still being transcoded. The upload commits as soon
+/// as the dash reader holds its source; the reader then lists each DASH file as it lands on the ring, the
+/// index links the video while its row still says `processing`, and a real headless Chromium plays it from
+/// the start (web/tests/watch-processing.mjs) before the transcode is done. `POST /upload` still answers 303
+/// only once the video is ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_video_plays_in_chromium_while_it_is_still_being_transcoded() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace")
+        .to_path_buf();
+    assert!(
+        root.join("web/node_modules/playwright-core").is_dir()
+            && Path::new("/usr/bin/chromium").exists(),
+        "web/node_modules or /usr/bin/chromium missing: run build/test.sh, which installs them"
+    );
+    // A slower preset and a longer clip, so the whole transcode takes far longer than its first segments.
+    let site = Site::start_with_preset("medium");
+    let media = scratch_dir("clips-");
+    let clip = std::fs::read(make_clip(media.path(), "early.mp4", 24, "1280x720")).expect("clip");
+    let base = site.url("");
+    let started = std::time::Instant::now();
+    let browser = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg(root.join("web/tests/watch-processing.mjs"))
+            .arg(&base)
+            .arg("early")
+            .output()
+            .expect("node must be installed")
+    });
+    let (status, body, _) = upload(&site, "early.mp4", &clip).await;
+    let ready_after = started.elapsed();
+    let ready_at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    eprintln!("[video] POST /upload of a 24 s 720p clip (preset medium) answered {status} after {ready_after:?}");
+    assert_eq!(status, 303, "{body}");
+    let out = browser.await.expect("join");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("[video] watch-processing.mjs: {stdout}");
+    assert!(
+        out.status.success(),
+        "watch-processing.mjs failed:\n{stdout}\n{stderr}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(stdout.trim().lines().last().unwrap_or("{}")).expect("JSON line");
+    assert_eq!(report["ok"], true, "{stdout}");
+    // The browser started on a `processing` row and its page said so, and it was playing before the video
+    // was ready (the 303 follows the `ready` record within a quarter of a second).
+    let note = report["note"].as_str().unwrap_or_default();
+    assert!(note.contains("Still processing"), "{note}");
+    let played_at_ms = report["playedAtMs"].as_i64().expect("playedAtMs");
+    eprintln!(
+        "[video] playing {} ms before the upload's 303 (linked {} ms after the start)",
+        ready_at_ms - played_at_ms,
+        report["linkedMs"]
+    );
+    assert!(
+        played_at_ms + 500 < ready_at_ms,
+        "playback passed 2 s only {} ms before the video was ready: not while it was processing",
+        ready_at_ms - played_at_ms
+    );
+    let page = get_text(&site.url("/")).await;
+    assert_eq!(
+        index_row(&page, "early").map(|(s, _)| s),
+        Some("ready".to_owned()),
+        "the video is ready after the 303"
+    );
+}
+
+/// Issue 11, part 4: the transcode of a committed upload survives its dash reader. The reader is SIGKILLed
+/// while the video is being transcoded (some segments already listed); started again on its data directory,
+/// it resumes the job from the source it kept, and the video becomes ready with every listed file readable
+/// and verified. The form's `POST /upload`, waiting all along, answers 303.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transcode_resumes_after_its_dash_reader_is_killed() {
+    let mut site = Site::start_with_preset("medium");
+    let media = scratch_dir("clips-");
+    let clip = std::fs::read(make_clip(media.path(), "phoenix.mp4", 16, "1280x720")).expect("clip");
+    let client = no_redirects();
+    let upload_task = {
+        let (url, clip) = (site.url("/upload"), clip.clone());
+        tokio::spawn(async move { post_form(&url, "phoenix.mp4", &clip).await })
+    };
+    // Killed once the video is watchable, i.e. part-way through its transcode.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let r = client
+            .get(site.url("/videos/phoenix"))
+            .send()
+            .await
+            .expect("watch page");
+        if r.status() == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the video never became watchable"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let page = get_text(&site.url("/")).await;
+    assert_eq!(
+        index_row(&page, "phoenix").map(|(s, _)| s),
+        Some("processing".to_owned()),
+        "killed while processing"
+    );
+    site.restart_dash();
+    let (status, body) = tokio::time::timeout(Duration::from_secs(240), upload_task)
+        .await
+        .expect("the form's answer came")
+        .expect("join");
+    eprintln!("[video] after the dash reader's restart, POST /upload answered {status}");
+    assert_eq!(status, 303, "{body}\n{}", site.dash.proc.log());
+    assert!(
+        site.dash
+            .proc
+            .log()
+            .contains("resuming a committed transcode"),
+        "{}",
+        site.dash.proc.log()
+    );
+    let page = get_text(&site.url("/")).await;
+    assert_eq!(
+        index_row(&page, "phoenix"),
+        Some(("ready".to_owned(), None))
+    );
+    // Every file of the manifest, as served (each read is checked against the recorded digest).
+    let manifest = get_text(&site.url("/content/phoenix/manifest.mpd")).await;
+    assert!(manifest.contains("type=\"static\""), "{manifest}");
+    for file in [
+        "init-0.m4s",
+        "chunk-0-00001.m4s",
+        "chunk-0-00004.m4s",
+        "poster.jpg",
+    ] {
+        let r = client
+            .get(site.url(&format!("/content/phoenix/{file}")))
+            .send()
+            .await
+            .expect("content");
+        assert_eq!(r.status(), 200, "{file}");
+        assert!(!r.bytes().await.expect("body").is_empty(), "{file}");
+    }
+    // Nothing of the job is left on the reader.
+    let jobs = site.dash.data_dir.join("transcode");
+    let left: Vec<_> = std::fs::read_dir(&jobs)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
 }

@@ -62,6 +62,7 @@ fn video(id: &str, status: &str, created_unix_ms: u64) -> VideoRecord {
         error: None,
         digests: Default::default(),
         progress_percent: None,
+        upload: None,
     }
 }
 

@@ -32,6 +32,7 @@ pub fn video(id: &str, created_unix_ms: u64) -> VideoRecord {
         error: None,
         digests: Default::default(),
         progress_percent: None,
+        upload: None,
     }
 }
 

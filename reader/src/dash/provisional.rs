@@ -108,7 +108,10 @@ mod tests {
         for (i, r) in l.iter().enumerate() {
             assert_eq!(reps[i].id, i.to_string());
             assert_eq!(reps[i].kind, "video");
-            assert_eq!((reps[i].width, reps[i].height), (Some(r.width), Some(r.height)));
+            assert_eq!(
+                (reps[i].width, reps[i].height),
+                (Some(r.width), Some(r.height))
+            );
         }
         assert_eq!(reps[l.len()].kind, "audio");
         assert!(xml.contains("type=\"static\""));

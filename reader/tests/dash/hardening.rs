@@ -340,7 +340,10 @@ async fn transcode_timeout_kills_ffmpeg_and_leaves_nothing() {
     );
     assert_eq!(video.status, "failed", "{video:?}");
     assert!(message.contains("longer than the 3 s allowed"), "{message}");
-    assert!(video.files.is_empty() && video.digests.is_empty(), "{video:?}");
+    assert!(
+        video.files.is_empty() && video.digests.is_empty(),
+        "{video:?}"
+    );
     assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
     assert!(
         ring.puts() > 0,
