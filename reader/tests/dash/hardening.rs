@@ -539,7 +539,9 @@ async fn errors_reach_clients_without_paths_or_ffmpeg_output() {
     let read = |p: &Path| std::fs::read(p).expect("read fixture");
     let manifest = reference_files(&secret)[0].1.clone().into_bytes();
     // Refused when staged (415/422 from the probe, 413), or failed after the commit (the record says why).
-    let cases: Vec<(&str, &Arc<VideoSink>, Vec<u8>, Option<u16>)> = vec![
+    // What, on which sink, the upload, and the status when it is refused at stage (`None`: fails later).
+    type Case<'a> = (&'a str, &'a Arc<VideoSink>, Vec<u8>, Option<u16>);
+    let cases: Vec<Case> = vec![
         ("text", &ok, read(fixtures::text()), Some(415)),
         ("manifest", &ok, manifest, Some(415)),
         ("truncated", &ok, read(fixtures::truncated()), Some(422)),
