@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Video benchmark (issue 4, item 5): time from the end of an upload to "playable", against a bare ffmpeg run of
 # the same ladder on the same file in the same run (goal <= 1.1x), and the files and bytes written to the ring.
+# Also (issue 11) the time from the end of an upload to "watchable": the index links the video and its watch
+# page plays it while it is still processing (goal: within 10 s of the upload's end, whatever the video's
+# length).
 #
 #   bench/video.sh                                   # one 60 s 1920x1080 clip with audio
 #   BENCH_CLIPS="10:1280x720" bench/video.sh         # a quick one
@@ -20,7 +23,8 @@
 #        bare   run the ladder command from ladder_cmd into an empty directory on the same file system;
 #               wall time from start to exit ("bare s");
 #        dist   curl -F file=@clip POST /upload; the broadcaster answers 303 once every DASH file is durable on
-#               the ring and the video is listed "ready", i.e. once it is playable ("dist s" below);
+#               the ring and the video is listed "ready", i.e. once it is playable ("dist s" below); meanwhile
+#               a poller watches GET /videos/ID and the lowest rendition's first segment ("watchable s");
 #      then lists the video's blobs on every storage node (GET /v1/blobs?prefix=ID/) and fetches
 #      GET /content/ID/manifest.mpd, GET /content/ID/init-0.m4s and GET /videos/ID through the broadcaster;
 #   5. prints a table (stdout; also saved as table.txt in the run directory) and, per upload, where the time
@@ -46,6 +50,28 @@
 # writes to the same file system, with the same ffmpeg binary, arguments and default thread count. It does
 # not count the dash reader's other work (staging fsync, ffprobe, output validation, poster frame, ring writes
 # with R=2, commit, metadata): that is exactly the overhead the ratio measures.
+#
+# How "end of upload -> watchable" is measured. The upload commits as soon as the dash reader holds the source;
+# the dash reader then lists each DASH file in the video's record as it lands on the ring, and the video is
+# watchable while still "processing" once the record lists manifest.mpd, an init-* and a chunk-* file: the
+# index (GET /) then links the row's name to /videos/ID, and GET /videos/ID answers 200 with the player (404
+# before; both read the same VideoRecord::is_watchable). curl's 303 still waits for "ready", so a poller runs
+# beside it, started just before curl and killed (by PID) as soon as curl returns; it only talks to the
+# broadcaster on 127.0.0.1 and gives up by itself after max(600 s, 20 x the clip's length) or when the script
+# goes away. It asks for GET /videos/ID every 100 ms (one request at a time, so a slow answer on a busy machine
+# delays the next poll instead of piling requests up) and writes the wall-clock time (time.time(), the clock
+# curl's trace is re-based on, see above) at which the first 200's status line arrived; then it reads the
+# index once and records the row's data-status ("processing" is what issue 11 asks for; "ready" means the
+# video only became watchable when it was done) and whether the name is a link. "watchable s" = that time -
+# end of upload: late by up to one poll period plus one request's latency, early by nothing. In parallel it
+# asks for the first media segment of the lowest video rendition (chunk-N-00001.m4s, N = the number of video
+# renditions in ladder_cmd's command - 1: 0 is the highest, audio comes last), what a player starting on a
+# slow link fetches first; the broadcaster holds such a request up to 15 s for a processing video (see
+# broadcaster::content::PROCESSING_WAIT), so that one is a long poll and its first 200 is shown in the
+# breakdown ("first segment ... served"), next to when the first chunk-* was stored on the ring (the dash
+# reader rewrites the record at most once a second, reader::video::RECORD_EVERY, so watchable can trail that
+# by up to a second). The poller's requests (about 10/s, tiny) count in the broadcaster's CPU. It is a
+# measurement, not a pass/fail check: the exit status does not depend on it.
 #
 # Ring numbers: "files" = distinct blobs under ID/ (DASH files + poster.jpg), "unique MB" = their total size,
 # "replicated MB" = bytes stored over all nodes (R x unique when every blob has R copies), "bare files/MB" =
@@ -114,9 +140,13 @@ log "run directory: $RUN"
 
 # --- processes -------------------------------------------------------------------------------------------------
 pids=()
+poll_pid=   # the watchable poller of the upload in progress, if any (see watch_start)
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
+  if [ -n "$poll_pid" ]; then
+    kill -TERM "$poll_pid" 2>/dev/null || true
+  fi
   if ((${#pids[@]})); then
     kill -TERM "${pids[@]}" 2>/dev/null || true
     wait "${pids[@]}" 2>/dev/null || true
@@ -211,7 +241,7 @@ make_clip() {
 # --- measurements ----------------------------------------------------------------------------------------------
 now() { date +%s.%N; }
 RESULTS=$RUN/results.tsv
-printf 'clip\ttrial\tid\tsize_bytes\tupload_s\tbare_s\tdist_s\tratio\thttp\tplayable\tring_files\tring_unique\tring_replicated\tbare_files\tbare_bytes\tup_end_unix\tplayable_unix\tbare_cpu\n' >"$RESULTS"
+printf 'clip\ttrial\tid\tsize_bytes\tupload_s\tbare_s\tdist_s\tratio\thttp\tplayable\tring_files\tring_unique\tring_replicated\tbare_files\tbare_bytes\tup_end_unix\tplayable_unix\tbare_cpu\twatchable_s\twatchable_unix\twatchable_index\tsegment\tsegment_unix\n' >"$RESULTS"
 failed=0
 
 # bare CLIP DIR: runs the reader's ladder command; prints "wall_seconds cpu_seconds" (user + system).
@@ -225,7 +255,10 @@ bare() {
 import resource, subprocess, sys, time
 with open(sys.argv[1], "a") as err:
     t = time.monotonic()
-    rc = subprocess.run(["ffmpeg", *sys.argv[2:]], stdin=subprocess.DEVNULL, stderr=err).returncode
+    # The reader's command reports progress on stdout (-progress pipe:1), which the reader reads; here it
+    # would end up in this function's output, so it is dropped.
+    rc = subprocess.run(["ffmpeg", *sys.argv[2:]], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                        stderr=err).returncode
     wall = time.monotonic() - t
 ru = resource.getrusage(resource.RUSAGE_CHILDREN)
 print(f"{wall:.3f} {ru.ru_utime + ru.ru_stime:.2f}")
@@ -283,6 +316,122 @@ print(code, f"{tu - t0:.3f}", f"{tr - tu:.3f}", f"{t_start + tu - t0:.3f}", f"{t
 PY
 }
 
+# first_segment CLIP: prints the name of the first media segment of the lowest video rendition the reader makes
+# for CLIP: representations are numbered in ladder order (0 = highest) and the audio comes after the video, so
+# the lowest is the number of video renditions - 1, counted as the "-map [vN]" arguments of ladder_cmd's
+# command (the same probe and ladder as the reader's).
+first_segment() {
+  local clip=$1 args a n=0
+  mapfile -d '' args < <("$LADDER_CMD" --nul --preset "$PRESET" "$clip" "$RUN/bare/ladder" 2>>"$RUN/logs/ladder_cmd.log")
+  for a in "${args[@]}"; do
+    if [[ $a =~ ^\[v[0-9]+\]$ ]]; then n=$((n + 1)); fi
+  done
+  ((n)) || die "no video rendition in ladder_cmd's command for $clip (see $RUN/logs/ladder_cmd.log)"
+  echo "chunk-$((n - 1))-00001.m4s"
+}
+
+# watch_start ID SEGMENT OUT LIMIT_S: starts the watchable poller (see the header) in the background and sets
+# poll_pid. Not called inside $(...): the PID must land in this shell, where watch_stop and cleanup kill it.
+# OUT gets one tab-separated line per event, written as it happens (a killed poller loses nothing):
+#   watchable UNIX_TIME INDEX_STATUS linked|unlinked POLLS     first 200 of GET /videos/ID
+#   segment   UNIX_TIME FILE BYTES POLLS                       first 200 of GET /content/ID/FILE
+watch_start() {
+  python3 - "$B" "$@" 2>>"$RUN/logs/watch-poller.log" <<'PY' &
+import html, http.client, os, re, sys, threading, time
+
+addr, vid, seg, out_path, limit = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5])
+host, port = addr.rsplit(":", 1)
+if host != "127.0.0.1":
+    sys.exit(f"watch poller: {addr} is not on 127.0.0.1, not polling it")
+parent = os.getppid()
+deadline = time.monotonic() + limit
+out = open(out_path, "a", buffering=1)
+lock = threading.Lock()
+
+def emit(*cols):
+    with lock:
+        out.write("\t".join(str(c) for c in cols) + "\n")
+
+def get(path, timeout):
+    """(status, wall-clock time at which the status line arrived, body)."""
+    c = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        c.request("GET", path)
+        r = c.getresponse()
+        t = time.time()
+        return r.status, t, r.read()
+    finally:
+        c.close()
+
+def poll(path, timeout, found):
+    polls = 0
+    while time.monotonic() < deadline:
+        t0 = time.monotonic()
+        polls += 1
+        try:
+            status, t, body = get(path, timeout)
+        except (OSError, http.client.HTTPException):
+            status = None
+        if status == 200:
+            found(t, body, polls)
+            return
+        time.sleep(max(0.0, 0.1 - (time.monotonic() - t0)))
+
+def watchable(t, _body, polls):
+    # What the index shows right after: the row's status and whether its name links to the watch page.
+    status, linked = "?", "?"
+    try:
+        _, _, page = get("/", 10)
+        m = re.search(r'<tr class="video" data-video-id="%s" data-status="([^"]*)">(.*?)</tr>'
+                      % re.escape(html.escape(vid)), page.decode(errors="replace"))
+        status = m.group(1) if m else "unlisted"
+        linked = "linked" if m and 'href="/videos/' in m.group(2) else "unlinked"
+    except (OSError, http.client.HTTPException) as e:
+        print(f"watch poller: GET /: {e}", file=sys.stderr)
+    emit("watchable", f"{t:.3f}", status, linked, polls)
+
+def segment(t, body, polls):
+    emit("segment", f"{t:.3f}", seg, len(body), polls)
+
+# The segment request is a long poll (the broadcaster holds it up to 15 s while the video is processing).
+threads = [threading.Thread(target=poll, args=(f"/videos/{vid}", 10, watchable), daemon=True),
+           threading.Thread(target=poll, args=(f"/content/{vid}/{seg}", 20, segment), daemon=True)]
+for th in threads:
+    th.start()
+# Bounded: stops when both are seen, at the deadline, or when the script that started it is gone.
+while any(th.is_alive() for th in threads) and time.monotonic() < deadline and os.getppid() == parent:
+    time.sleep(0.2)
+PY
+  poll_pid=$!
+}
+
+watch_stop() {
+  if [ -n "$poll_pid" ]; then
+    kill -TERM "$poll_pid" 2>/dev/null || true
+    wait "$poll_pid" 2>/dev/null || true
+    poll_pid=
+  fi
+}
+
+# watch_result OUT UP_END: prints "watchable_s watchable_unix index segment segment_unix" from the poller's
+# OUT ("nan"/"-" for what it did not see); index is the row's "STATUS,linked|unlinked" right after.
+watch_result() {
+  python3 - "$1" "$2" <<'PY'
+import sys
+ev = {}
+try:
+    for line in open(sys.argv[1]):
+        cols = line.rstrip("\n").split("\t")
+        ev.setdefault(cols[0], cols)
+except FileNotFoundError:
+    pass
+up = float(sys.argv[2]) if sys.argv[2] not in ("-", "") else float("nan")
+w, s = ev.get("watchable"), ev.get("segment")
+print(f"{float(w[1]) - up:.3f}" if w else "nan", w[1] if w else "-", f"{w[2]},{w[3]}" if w else "-",
+      s[2] if s else "-", s[1] if s else "-")
+PY
+}
+
 # ring ID: prints "files unique_bytes replicated_bytes" over all storage nodes.
 ring() {
   local id=$1 n
@@ -305,10 +454,13 @@ playable() {
 for spec in $CLIPS; do
   clip=$(make_clip "$spec")
   size=$(stat -c %s "$clip")
+  seg=$(first_segment "$clip")
+  secs=${spec%%:*}
   for trial in $(seq 1 "$REPEAT"); do
     id="bench-${spec/:/s-}-$STAMP-$trial"
     bare_dir=$RUN/bare/$id
     trace=$RUN/logs/curl-$id.trace
+    watch_out=$RUN/watch-$id.tsv
     run_bare() {
       log "$spec #$trial: bare ffmpeg..."
       read -r bare_s bare_cpu < <(bare "$clip" "$bare_dir")
@@ -317,10 +469,18 @@ for spec in $CLIPS; do
     run_dist() {
       log "$spec #$trial: upload $id.mp4 through the broadcaster..."
       cpu_snapshot >"$RUN/cpu-$id.before"
+      # Started before curl so it is polling before the upload can commit; stopped when curl has returned
+      # (dist only parses the trace after that), so its lifetime is the upload's.
+      watch_start "$id" "$seg" "$watch_out" $((secs * 20 > 600 ? secs * 20 : 600))
       read -r http upload_s dist_s up_end resp_at < <(dist "$clip" "$id.mp4" "$trace") \
         || { http=000 upload_s=nan dist_s=nan up_end=- resp_at=-; }
+      watch_stop
       cpu_snapshot >"$RUN/cpu-$id.after"
-      log "  HTTP $http, upload ${upload_s}s, end of upload -> playable ${dist_s}s"
+      read -r watch_s watch_at watch_index seg_file seg_at < <(watch_result "$watch_out" "$up_end") \
+        || { watch_s=nan watch_at=- watch_index=- seg_file=- seg_at=-; }
+      log "  HTTP $http, upload ${upload_s}s, end of upload -> playable ${dist_s}s, -> watchable ${watch_s}s" \
+        "(index row then: $watch_index)"
+      [ "$watch_at" != - ] || log "  no 200 from GET /videos/$id before curl returned (see $RUN/logs/watch-poller.log)"
     }
     # Alternate the order so that a drift in background load does not always favour the same side.
     if ((trial % 2)); then run_bare; run_dist; else run_dist; run_bare; fi
@@ -335,9 +495,10 @@ for spec in $CLIPS; do
       log "  FAILED: HTTP $http, playable=$ok (see $trace and $RUN/logs/)"
     fi
     ratio=$(python3 -c 'import sys,math; d,b=float(sys.argv[1]),float(sys.argv[2]); print("nan" if math.isnan(d) else f"{d/b:.2f}")' "$dist_s" "$bare_s")
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
       "$spec" "$trial" "$id" "$size" "$upload_s" "$bare_s" "$dist_s" "$ratio" "$http" "$ok" \
-      "$ring_files" "$ring_unique" "$ring_repl" "$bare_files" "$bare_bytes" "$up_end" "$resp_at" "$bare_cpu" >>"$RESULTS"
+      "$ring_files" "$ring_unique" "$ring_repl" "$bare_files" "$bare_bytes" "$up_end" "$resp_at" "$bare_cpu" \
+      "$watch_s" "$watch_at" "$watch_index" "$seg_file" "$seg_at" >>"$RESULTS"
   done
 done
 
@@ -350,6 +511,7 @@ results, run, preset, cores, load = sys.argv[1:6]
 logs = os.path.join(run, "logs")
 rows = list(csv.DictReader(open(results), delimiter="\t"))
 MB = 1e6
+WATCH_GOAL = 10.0   # seconds from the end of the upload to watchable (issue 11)
 
 def f(x, fmt="{:.2f}"):
     try:
@@ -358,8 +520,10 @@ def f(x, fmt="{:.2f}"):
     except ValueError:
         return "-"
 
-print(f"Video benchmark: end of upload -> playable (303), against bare ffmpeg of the same ladder on the same file")
-print(f"preset {preset}, {cores} cores, load average at the end {load}; R=2, 3 storage nodes; goal: ratio <= 1.1")
+print(f"Video benchmark: end of upload -> playable (303), against bare ffmpeg of the same ladder on the same file;")
+print(f"end of upload -> watchable (first 200 of GET /videos/ID, polled every 0.1 s while the upload runs)")
+print(f"preset {preset}, {cores} cores, load average at the end {load}; R=2, 3 storage nodes")
+print(f"goals: ratio <= 1.1 (issue 4); watchable s <= {WATCH_GOAL:g} whatever the length (issue 11, \"watch goal\")")
 print()
 def cpu(id_):
     """CPU seconds each service (self, reaped children) used from just before the upload to the 303."""
@@ -374,17 +538,20 @@ def cpu(id_):
     return {role: (v["after"][0] - v["before"][0], v["after"][1] - v["before"][1])
             for role, v in snap.items() if "before" in v and "after" in v}
 
-hdr = ["clip", "#", "size MB", "upload s", "bare s", "dist s", "ratio", "goal", "HTTP", "playable",
+hdr = ["clip", "#", "size MB", "upload s", "bare s", "dist s", "watchable s", "ratio", "goal", "watch goal",
+       "HTTP", "playable",
        "ring files", "unique MB", "replicated MB", "bare files", "bare MB", "bare CPU s", "dist CPU s", "CPU ratio"]
 table = []
 for r in rows:
     ratio = r["ratio"]
     goal = "-" if ratio in ("nan", "") else ("met" if float(ratio) <= 1.1 else "missed")
+    ws = float(r["watchable_s"] or "nan")
+    watch_goal = "-" if math.isnan(ws) else ("met" if ws <= WATCH_GOAL else "missed")
     c = cpu(r["id"])
     dist_cpu = sum(a + b for a, b in c.values()) if c else math.nan
     bare_cpu = float(r["bare_cpu"] or "nan")
     table.append([r["clip"], r["trial"], f(float(r["size_bytes"]) / MB, "{:.1f}"), f(r["upload_s"]), f(r["bare_s"]),
-                  f(r["dist_s"]), f(ratio), goal, r["http"], "yes" if r["playable"] == "1" else "NO",
+                  f(r["dist_s"]), f(ws), f(ratio), goal, watch_goal, r["http"], "yes" if r["playable"] == "1" else "NO",
                   r["ring_files"], f(float(r["ring_unique"] or 0) / MB), f(float(r["ring_replicated"] or 0) / MB),
                   r["bare_files"], f(float(r["bare_bytes"] or 0) / MB),
                   f(bare_cpu, "{:.1f}"), f(dist_cpu, "{:.1f}"), f(dist_cpu / bare_cpu)])
@@ -401,11 +568,15 @@ for clip, rs in by_clip.items():
     if len(rs) > 1:
         med = lambda xs: sorted(xs)[len(xs) // 2] if len(xs) % 2 else sum(sorted(xs)[len(xs) // 2 - 1:len(xs) // 2 + 1]) / 2
         b, d = med([float(r["bare_s"]) for r in rs]), med([float(r["dist_s"]) for r in rs])
-        print(f"{clip}: median bare {b:.2f} s, median dist {d:.2f} s, ratio of medians {d / b:.2f} over {len(rs)} uploads")
+        ws = [float(r["watchable_s"]) for r in rs if r["watchable_s"] not in ("nan", "")]
+        wm = f", median watchable {med(ws):.2f} s" if ws else ""
+        print(f"{clip}: median bare {b:.2f} s, median dist {d:.2f} s, ratio of medians {d / b:.2f}{wm} over {len(rs)} uploads")
 print()
 print("dist CPU s = CPU time of every service (and the dash reader's ffprobe/ffmpeg children) from just before the")
 print("upload to the 303, upload included; bare CPU s = the bare ffmpeg's user + system time. CPU time is less")
 print("sensitive than wall time to what else the machine runs, but not immune (shared cores, caches, SMT).")
+print("watchable s = end of upload -> first 200 of GET /videos/ID (late by up to the 0.1 s poll period plus one")
+print("request); \"-\" when the poller saw none before the 303. The breakdown gives the index row's status then.")
 
 # Where the time went, per upload, from the logs (all UTC).
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -440,14 +611,19 @@ for r in rows:
     in_win = lambda evs: [(t, m) for t, m in evs if t_up - 1 <= t <= t_303 + 1]
     d = in_win(dash)
     # The dash reader names the broadcaster's upload id (not the video id) in "ffmpeg started" (its staging
-    # file); "transcode done" names neither and is the first one after that start.
+    # file); "transcode done" names neither and is the first one after that start. Every file and the poster
+    # are on the ring at "video ready" (older readers: "video transcoded onto the ring").
     onring, uid = next(((t, re.search(r"upload=(\w+)", m)) for t, m in d
-                        if "video transcoded onto the ring" in m and f"video={r['id']} " in m), (math.nan, None))
+                        if ("video ready" in m or "video transcoded onto the ring" in m)
+                        and f"video={r['id']} " in m), (math.nan, None))
+    committed = next((t for t, m in d if "video committed" in m and re.search(rf"video={re.escape(r['id'])}(\s|$)", m)),
+                     math.nan)
     uid = uid.group(1) if uid else "?"
     start = next((t for t, m in d if "ffmpeg started" in m and re.search(rf"/{uid}\b", m)), math.nan)
     done = next(((t, m) for t, m in d if "transcode done" in m and t >= start), (math.nan, ""))
     ready = next((t for t, m in in_win(bcast) if "video ready" in m and r["id"] in m), math.nan)
     puts = sorted(t for t, m in in_win(stores) if "stored" in m and f"{r['id']}/" in m)
+    first_chunk = min((t for t, m in in_win(stores) if "stored" in m and f"{r['id']}/chunk-" in m), default=math.nan)
     ffm = dur(re.search(r"ffmpeg_elapsed=(\S+)", done[1]).group(1)) if "ffmpeg_elapsed=" in done[1] else math.nan
     el = dur(re.search(r"\belapsed=(\S+)", done[1]).group(1)) if re.search(r"\belapsed=", done[1]) else math.nan
     tr_start = done[0] - el if not math.isnan(el) else math.nan
@@ -459,6 +635,12 @@ for r in rows:
     print(f"    ffmpeg started {rel(start)} (staging fsync + ffprobe), exited {rel(ffmpeg_exit)}, "
           f"output validated {rel(done[0])}, all files + poster on the ring {rel(onring)}, "
           f"listed ready {rel(ready)}, 303 {rel(t_303)}")
+    wat = float(r["watchable_unix"]) if r["watchable_unix"] not in ("-", "") else math.nan
+    sat = float(r["segment_unix"]) if r["segment_unix"] not in ("-", "") else math.nan
+    idx = r["watchable_index"].split(",") if r["watchable_index"] not in ("-", "") else ["-", "-"]
+    print(f"    committed by the dash reader {rel(committed)}, first chunk-* stored {rel(first_chunk)}, "
+          f"watchable {rel(wat)} (index row right after: data-status={idx[0]}, name {idx[-1]}), "
+          f"lowest rendition's first segment {r['segment']} served {rel(sat)}")
     if puts:
         print(f"    ring: {len(puts)} blob writes (replicas), first {rel(puts[0])}, last {rel(puts[-1])}; "
               f"{len(late)} after ffmpeg exited")
