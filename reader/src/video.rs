@@ -10,7 +10,7 @@
 //! - first it puts a provisional static manifest on the ring ([`dash::provisional_manifest`]), so a viewer
 //!   can start watching from the beginning while the rest is encoded;
 //! - each finished DASH file goes onto the ring with R replicas while ffmpeg still runs, and the record lists
-//!   it, with its digest, within about a second ([`RECORD_EVERY`]), together with ffmpeg's progress;
+//!   it, with its digest, within [`RECORD_GAP`], and ffmpeg's progress every [`RECORD_EVERY`];
 //! - ffmpeg's exact manifest and the poster come last, then the record says `ready`; a transcode that fails
 //!   removes every file it wrote and says `failed`, with the reason a client may see.
 //!
@@ -48,8 +48,12 @@ use crate::error::ReaderError;
 /// DASH files written to the ring at once per video.
 const RING_WRITES: usize = 8;
 
-/// How often a running transcode's record is brought up to date (new files, progress).
+/// How often a running transcode's record is brought up to date with ffmpeg's progress.
 pub const RECORD_EVERY: Duration = Duration::from_secs(1);
+
+/// Shortest time between two writes of a running transcode's record: a file that lands is listed within
+/// this, so a viewer waiting for it is not held up by the progress period.
+pub const RECORD_GAP: Duration = Duration::from_millis(200);
 
 /// Largest job file read back at start; a job is a few hundred bytes.
 const MAX_JOB_FILE: u64 = 64 << 10;
@@ -639,7 +643,7 @@ impl VideoSink {
         let _ = tokio::fs::remove_dir_all(&work_dir).await;
         let _ = tokio::fs::remove_dir_all(work_dir.with_extension("poster")).await;
         result?;
-        let digests = written.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let digests = written.snapshot();
         Ok(VideoRecord {
             status: VideoRecord::READY.to_owned(),
             files: digests.keys().cloned().collect(),
@@ -673,12 +677,7 @@ impl VideoSink {
             .record(started.elapsed().as_secs_f64());
         if result.is_err() && !self.shutdown.is_cancelled() {
             // A failed video keeps nothing on the ring. (A stopped one is written again when it resumes.)
-            let files: Vec<String> = written
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .keys()
-                .cloned()
-                .collect();
+            let files: Vec<String> = written.snapshot().into_keys().collect();
             self.delete_files(&job.video, &files).await;
         }
         result
@@ -791,10 +790,7 @@ impl VideoSink {
             .put_blob(&key, data)
             .await
             .map_err(|e| ReaderError::Ring(format!("{key}: {e}")))?;
-        written
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(file.to_owned(), placed.digest);
+        written.insert(file.to_owned(), placed.digest);
         Ok(())
     }
 
@@ -836,8 +832,28 @@ impl VideoSink {
     }
 }
 
-/// The files of a transcode on the ring so far, with their digests.
-type Written = Arc<Mutex<BTreeMap<String, String>>>;
+/// The files of a transcode on the ring so far, with their digests; the recorder is woken when one lands.
+#[derive(Debug, Default)]
+struct Stored {
+    files: Mutex<BTreeMap<String, String>>,
+    landed: tokio::sync::Notify,
+}
+
+type Written = Arc<Stored>;
+
+impl Stored {
+    fn insert(&self, file: String, digest: String) {
+        self.files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(file, digest);
+        self.landed.notify_one();
+    }
+
+    fn snapshot(&self) -> BTreeMap<String, String> {
+        self.files.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
 
 /// Keeps a running transcode's record up to date: files as they are stored, and progress.
 struct Recorder {
@@ -857,7 +873,7 @@ impl Recorder {
         let task = tokio::spawn(async move {
             let mut last: Option<VideoRecord> = None;
             loop {
-                let digests = written.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let digests = written.snapshot();
                 // 100 is for the `ready` record to say.
                 let percent = progress
                     .percent()
@@ -878,8 +894,17 @@ impl Recorder {
                         }
                     }
                 }
+                // A new file is listed at once (a viewer may be waiting for it), but the record is not
+                // rewritten more often than every RECORD_GAP; progress alone waits for RECORD_EVERY.
+                let wrote = tokio::time::Instant::now();
                 tokio::select! {
                     () = stopped.cancelled() => break,
+                    () = written.landed.notified() => {
+                        tokio::select! {
+                            () = stopped.cancelled() => break,
+                            () = tokio::time::sleep_until(wrote + RECORD_GAP) => {}
+                        }
+                    }
                     () = tokio::time::sleep(RECORD_EVERY) => {}
                 }
             }
